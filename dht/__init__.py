@@ -1,0 +1,1 @@
+"""dht: pure core (no trio, no libp2p, no prsm_node imports)."""

@@ -1,0 +1,285 @@
+"""Node configuration: one schema, from which the defaults, the checks and the docs all come.
+
+Rules:
+1. Every key lives in `SCHEMA` with its type, default, bounds and a one-line reason. The
+   file `node.toml.example` and the `node.toml` that `prsm-node init` writes are rendered
+   from it (`render_toml`), and a test keeps the example in step, so docs cannot drift.
+2. Loading never half-succeeds: an unknown key, a wrong type (a bool is not an int), an out
+   of range value, a bad multiaddr or a broken relation between keys raises `ConfigError`
+   naming the file, the dotted key and the reason.
+3. Flags override the file after it is checked, and are checked the same way.
+
+Limits follow TigerStyle ("put a limit on everything"): each bound is a `*_max` key.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from prsm_node.errors import ConfigError
+
+Check = Callable[[Any], str | None]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _between(low: int, high: int) -> Check:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def multiaddr_problem(text: str, *, need_peer_id: bool) -> str | None:
+    """Why `text` is not a usable multiaddr, or None. multiaddr is imported lazily (start time)."""
+    import multiaddr
+
+    try:
+        address = multiaddr.Multiaddr(text)
+    except Exception as error:  # the library raises several unrelated types for bad input
+        return f"invalid multiaddr {text!r}: {error}"
+    names = [protocol.name for protocol in address.protocols()]
+    if not names or names[0] not in ("ip4", "ip6", "dns", "dns4", "dns6"):
+        return f"invalid multiaddr {text!r}: must start with /ip4, /ip6 or /dns"
+    if "tcp" not in names:
+        return f"invalid multiaddr {text!r}: only TCP transports are supported"
+    if need_peer_id and "p2p" not in names:
+        return f"invalid multiaddr {text!r}: must end with /p2p/<peer id>"
+    if not need_peer_id and "p2p" in names:
+        return f"invalid multiaddr {text!r}: a listen address takes no /p2p/ part"
+    return None
+
+
+def _multiaddr_list(*, need_peer_id: bool, count_max: int) -> Check:
+    def check(values: tuple[str, ...]) -> str | None:
+        if len(values) > count_max:
+            return f"at most {count_max} entries"
+        for index, text in enumerate(values):
+            if not isinstance(text, str):
+                return f"[{index}]: expected a string, got {type(text).__name__}"
+            problem = multiaddr_problem(text, need_peer_id=need_peer_id)
+            if problem:
+                return f"[{index}]: {problem}"
+        return None
+
+    return check
+
+
+def _key(doc: str, default: Any, check: Check | None = None) -> Any:
+    """A schema key: `doc` is rendered as its comment in node.toml. Lists are tuples, so a
+    frozen config is really immutable."""
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkConfig:
+    listen: tuple[str, ...] = _key(
+        "multiaddrs to listen on (TCP); port 0 picks a free port",
+        ("/ip4/127.0.0.1/tcp/4001",),
+        _multiaddr_list(need_peer_id=False, count_max=16),
+    )
+    bootstrap: tuple[str, ...] = _key(
+        "peers dialled at start and redialled when dropped, each /ip4/.../tcp/N/p2p/<id>",
+        (),
+        _multiaddr_list(need_peer_id=True, count_max=64),
+    )
+    peers_max: int = _key(
+        "connection limit: inbound connections past it are closed", 64, _between(1, 4096)
+    )
+    known_peers_max: int = _key(
+        "addresses kept in peers.json and redialled after restart", 256, _between(1, 65536)
+    )
+    dial_timeout_ms: int = _key("give up one dial attempt after this", 5000, _positive)
+    dial_backoff_initial_ms: int = _key(
+        "first retry delay after a failed dial; doubles each failure", 250, _positive
+    )
+    dial_backoff_max_ms: int = _key("cap of the retry delay", 30000, _positive)
+    dial_attempts_max: int = _key(
+        "failed dials before a learned (non-bootstrap) peer is forgotten", 8, _between(1, 1000)
+    )
+    ping_interval_ms: int = _key("how often each connected peer is pinged", 5000, _positive)
+    peer_exchange: bool = _key("ask connected peers for the peers they know", True)
+    peer_exchange_interval_ms: int = _key("how often peer exchange repeats", 15000, _positive)
+    peer_exchange_addrs_max: int = _key(
+        "addresses accepted from one peer-exchange answer", 64, _between(1, 1024)
+    )
+    frame_size_max: int = _key(
+        "largest framed message (bytes) accepted from a peer; checked before reading",
+        4 * 1024 * 1024,
+        _between(1024, 64 * 1024 * 1024),
+    )
+    request_timeout_ms: int = _key("a request to a peer fails after this", 10000, _positive)
+    inbound_requests_max: int = _key(
+        "requests served at once for all peers together; more wait", 64, _between(1, 4096)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ControlConfig:
+    request_size_max: int = _key(
+        "longest request line (bytes) on node.sock; longer ones get an error",
+        1024 * 1024,
+        _between(1024, 256 * 1024 * 1024),
+    )
+    connections_max: int = _key("control connections served at once", 32, _between(1, 1024))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    level: str = _key("debug, info, warning or error", "info", _one_of(LOG_LEVELS))
+    file_size_max: int = _key(
+        "bytes in logs/node.log before it rotates", 10 * 1024 * 1024, _between(4096, 2**40)
+    )
+    file_count_max: int = _key("rotated log files kept", 5, _between(1, 100))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTION_DOCS = {
+    "network": "libp2p host, peers and the framed request/response layer",
+    "control": "the JSON-RPC control socket <data_dir>/node.sock",
+    "log": "structured logs: JSON lines in <data_dir>/logs/, readable lines on stderr",
+}
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    expected = (list, tuple) if isinstance(default, tuple) else type(default)
+    if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+        return f"expected {_type_name(default)}, got {_type_name(value)} {value!r}"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", str: "a string", list: "a list", tuple: "a list"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _build_section(cls: type, raw: Mapping[str, Any], file: Path | str, name: str) -> Any:
+    known = {item.name: item for item in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(file, f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
+    values = {}
+    defaults = cls()
+    for key, value in raw.items():
+        problem = _type_problem(value, getattr(defaults, key)) or _run_check(known[key], value)
+        if problem:
+            raise ConfigError(file, f"{name}.{key}", problem)
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return replace(defaults, **values)
+
+
+def _run_check(item: Any, value: Any) -> str | None:
+    check = item.metadata.get("check")
+    return check(value) if check else None
+
+
+def _check_relations(config: NodeConfig, file: Path | str) -> None:
+    network = config.network
+    if network.dial_backoff_initial_ms > network.dial_backoff_max_ms:
+        raise ConfigError(
+            file, "network.dial_backoff_initial_ms", "must not exceed network.dial_backoff_max_ms"
+        )
+    if len(network.bootstrap) > network.known_peers_max:
+        raise ConfigError(file, "network.bootstrap", "more entries than network.known_peers_max")
+
+
+def config_from_mapping(raw: Mapping[str, Any], file: Path | str) -> NodeConfig:
+    """Build and check a config from parsed TOML; raises ConfigError naming the key."""
+    sections = {item.name: item for item in fields(NodeConfig)}
+    built = {}
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(file, name, f"unknown section (known: {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise ConfigError(file, name, f"expected a table [{name}], got {_type_name(value)}")
+        section_type = type(getattr(NodeConfig(), name))
+        built[name] = _build_section(section_type, value, file, name)
+    config = NodeConfig(**built)
+    _check_relations(config, file)
+    return config
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read and check `path`; a missing file means all defaults."""
+    if not path.exists():
+        return NodeConfig()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(path, None, f"not valid TOML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(path, None, f"cannot read: {error}") from None
+    return config_from_mapping(raw, path)
+
+
+def with_overrides(config: NodeConfig, overrides: Mapping[str, Any]) -> NodeConfig:
+    """Apply command-line flags given as {"section.key": value}, checked like the file."""
+    raw: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    merged = {
+        item.name: {
+            **_section_values(getattr(config, item.name)),
+            **raw.get(item.name, {}),
+        }
+        for item in fields(NodeConfig)
+    }
+    return config_from_mapping(merged, "command line")
+
+
+def _section_values(section: Any) -> dict[str, Any]:
+    return {item.name: getattr(section, item.name) for item in fields(section)}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string of printable text is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def render_toml(config: NodeConfig | None = None) -> str:
+    """The node.toml text for `config` (defaults if None), every key with its doc and default."""
+    config = config or NodeConfig()
+    defaults = NodeConfig()
+    lines = [
+        "# PRSM node configuration. Every key is shown with its default; delete a line to",
+        "# go back to the default. Flags (--listen, --bootstrap, --log-level) override it.",
+    ]
+    for section in fields(NodeConfig):
+        lines += ["", f"# {SECTION_DOCS[section.name]}", f"[{section.name}]"]
+        current, default = getattr(config, section.name), getattr(defaults, section.name)
+        for item in fields(current):
+            lines.append(
+                f"# {item.metadata['doc']} (default: {_toml_value(getattr(default, item.name))})"
+            )
+            lines.append(f"{item.name} = {_toml_value(getattr(current, item.name))}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,156 @@
+"""The daemon: one root nursery that owns the host, the peer manager and the control socket.
+
+Order of start (trio: services start with `nursery.start`, so each is ready before the
+next): data dir lock -> identity -> libp2p host listening -> control socket answering ->
+peer manager dialling. Shutdown (SIGINT, SIGTERM or `node_shutdown`) cancels the root
+scope: streams close, peers.json is written, the socket and the lock are removed, and the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+import trio
+from multiaddr import Multiaddr
+
+from prsm_node import __version__
+from prsm_node.config import NodeConfig
+from prsm_node.control import Dispatcher, serve_control
+from prsm_node.datadir import DataDir, DataDirLock
+from prsm_node.identity import read_seed
+from prsm_node.net.host import ConnectionEvent, build_host
+from prsm_node.net.peers import PeerManager
+from prsm_node.net.scores import PeerScores
+from prsm_node.net.wire import Wire
+from prsm_node.node_api import register_node_methods
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_GRACE_S = 0.1
+
+
+@dataclass(slots=True)
+class NodeContext:
+    """What the control methods may read and drive; built once the host listens."""
+
+    data_dir: DataDir
+    config: NodeConfig
+    host: Any
+    peers: PeerManager
+    wire: Wire
+    scores: PeerScores
+    started_monotonic: float
+    shutdown_requested: trio.Event
+
+    def peer_id(self) -> str:
+        return self.host.get_id().to_base58()
+
+    def listen_addresses(self) -> list[str]:
+        return [str(address) for address in self.host.get_addrs()]
+
+
+def refuse_optimised_python() -> None:
+    """Our invariants are asserts (STYLE.md rule 4); `python -O` would strip them."""
+    if not __debug__:
+        raise SystemExit("prsm-node refuses to run under python -O: it strips its invariant checks")
+
+
+async def run_node(data_dir: DataDir, config: NodeConfig) -> None:
+    """Run until a signal or node_shutdown; raises UserError for operator mistakes."""
+    refuse_optimised_python()
+    data_dir.check_socket_path()
+    lock = DataDirLock(data_dir)
+    lock.acquire()
+    try:
+        await _run_locked(data_dir, config)
+    finally:
+        lock.release()
+        log.info("node.stopped", data_dir=str(data_dir.root))
+
+
+async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
+    seed = read_seed(data_dir.key_file)
+    network = config.network
+    send_events, receive_events = trio.open_memory_channel[ConnectionEvent](4 * network.peers_max)
+    host = build_host(seed, network, send_events)
+    scores = PeerScores(peers_tracked_max=4 * network.peers_max)
+    wire = Wire(
+        host,
+        frame_size_max=network.frame_size_max,
+        request_timeout_s=network.request_timeout_ms / 1000,
+        inbound_requests_max=network.inbound_requests_max,
+        scores=scores,
+    )
+    listen = [Multiaddr(address) for address in network.listen]
+    async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+        wire.bind(nursery)
+        peers = PeerManager(
+            host=host,
+            wire=wire,
+            scores=scores,
+            config=network,
+            peers_file=data_dir.peers_file,
+            rng=random.Random(),
+        )
+        peers.load()
+        context = NodeContext(
+            data_dir, config, host, peers, wire, scores, time.monotonic(), trio.Event()
+        )
+        dispatcher = Dispatcher()
+        register_node_methods(dispatcher, context)
+        nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        nursery.start_soon(_stop_on_request, context.shutdown_requested, nursery.cancel_scope)
+        await nursery.start(
+            partial(
+                serve_control,
+                data_dir.socket_path,
+                dispatcher,
+                request_size_max=config.control.request_size_max,
+                connections_max=config.control.connections_max,
+            )
+        )
+        await nursery.start(peers.run, receive_events)
+        log.info(
+            "node.started",
+            peer_id=context.peer_id(),
+            listen=context.listen_addresses(),
+            socket=str(data_dir.socket_path),
+            version=__version__,
+            pid=os.getpid(),
+        )
+        _announce_ready(context)
+
+
+def _announce_ready(context: NodeContext) -> None:
+    """One plain line on stdout for whoever started us (devnet, scripts)."""
+    print(
+        f"prsm-node {__version__} ready: peer id {context.peer_id()}, "
+        f"socket {context.data_dir.socket_path}",
+        flush=True,
+    )
+    sys.stdout.flush()
+
+
+async def _stop_on_request(requested: trio.Event, scope: trio.CancelScope) -> None:
+    await requested.wait()
+    log.info("node.stopping", reason="node_shutdown")
+    # The grace lets the node_shutdown reply (and any other in flight) reach its client.
+    await trio.sleep(SHUTDOWN_GRACE_S)
+    scope.cancel()
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("node.stopping", signal=signal.Signals(signum).name)
+            scope.cancel()
+            return

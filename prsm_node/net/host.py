@@ -1,0 +1,88 @@
+"""Building the libp2p host: TCP, Noise, Yamux, our Ed25519 key, an explicit connection limit.
+
+Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
+- `sec_opt` names Noise alone. The library's default also offers secio and *plaintext*,
+  which a node must never accept.
+- `max_connections_per_peer=1`, or every `connect()` waits ~250 ms.
+- the library's own auto-connect and pruning are off (watermarks at 0 and at the limit):
+  the peer book decides whom to dial, and `peers_max` is enforced by the node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from libp2p import new_host
+from libp2p.abc import INotifee
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from prsm_node.config import NetworkConfig
+from prsm_node.identity import libp2p_key_pair
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    peer_id: str
+    connected: bool
+    direction: str  # "inbound" | "outbound" | "unknown"
+    connection: Any
+
+
+class _ConnectionNotifee(INotifee):
+    """Forwards connect/disconnect to a channel; never blocks the swarm."""
+
+    def __init__(self, channel: trio.MemorySendChannel[ConnectionEvent]) -> None:
+        self._channel = channel
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        self._forward(conn, connected=True)
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        self._forward(conn, connected=False)
+
+    def _forward(self, conn: Any, *, connected: bool) -> None:
+        direction = getattr(getattr(conn, "direction", None), "name", "unknown").lower()
+        event = ConnectionEvent(conn.muxed_conn.peer_id.to_base58(), connected, direction, conn)
+        # The channel holds 4x peers_max events and the node drains it continuously;
+        # a full channel means the node is wedged, which is our bug: let it raise.
+        self._channel.send_nowait(event)
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        pass
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        pass
+
+
+def build_host(
+    seed: bytes, config: NetworkConfig, events: trio.MemorySendChannel[ConnectionEvent]
+) -> Any:
+    key_pair = libp2p_key_pair(seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    connection_config = ConnectionConfig(
+        max_connections=config.peers_max,
+        high_watermark=config.peers_max,
+        low_watermark=0,
+        min_connections=0,
+        max_connections_per_peer=1,
+        dial_timeout=config.dial_timeout_ms / 1000,
+    )
+    host = new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_preference="YAMUX",
+        connection_config=connection_config,
+    )
+    host.get_network().register_notifee(_ConnectionNotifee(events))
+    return host

@@ -1,0 +1,55 @@
+"""Real node processes on 127.0.0.1, started through the devnet launcher and always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from prsm_node.config import NetworkConfig
+from prsm_node.devnet import Devnet, devnet_init
+
+pytestmark = pytest.mark.multiprocess
+
+# Fast timers so that conditions are reached quickly; the tests still poll, never sleep.
+TEST_NETWORK = replace(
+    NetworkConfig(),
+    ping_interval_ms=500,
+    peer_exchange_interval_ms=1000,
+    dial_backoff_initial_ms=100,
+    dial_backoff_max_ms=1000,
+    dial_timeout_ms=2000,
+)
+
+
+@pytest.fixture
+def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
+    started: list[Devnet] = []
+
+    def make(nodes: int, network: NetworkConfig = TEST_NETWORK, start: bool = True) -> Devnet:
+        devnet = Devnet(devnet_init(short_dir / f"net{len(started)}", nodes, network))
+        started.append(devnet)
+        if start:
+            devnet.start_all()
+            for index in range(nodes):
+                devnet.wait_ready(index)
+        return devnet
+
+    yield make
+    for devnet in started:
+        devnet.stop_all()
+
+
+def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """`prsm-node ARGS` as a user types it, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "prsm_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )

@@ -1,0 +1,101 @@
+"""Three nodes from the devnet launcher find each other, survive a SIGKILL and stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from prsm_node.control import RpcCallError
+from prsm_node.devnet import Devnet, wait_for
+
+pytestmark = pytest.mark.multiprocess
+
+
+def connected_peer_ids(devnet: Devnet, index: int) -> set[str]:
+    return {peer["peer_id"] for peer in devnet.call(index, "peers_list")["peers"]}
+
+
+def wait_full_mesh(devnet: Devnet, deadline_s: float = 30) -> None:
+    everyone = {node.peer_id for node in devnet.nodes}
+    for index, node in enumerate(devnet.nodes):
+        wait_for(
+            lambda index=index, node=node: (
+                connected_peer_ids(devnet, index) == everyone - {node.peer_id}
+            ),
+            deadline_s,
+            f"{node.name} connected to all the others",
+        )
+
+
+def test_later_nodes_learn_each_other_through_the_first(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(3)
+    wait_full_mesh(devnet)
+    peers = devnet.call(1, "peers_list")["peers"]
+    by_id = {peer["peer_id"]: peer for peer in peers}
+    first = by_id[devnet.nodes[0].peer_id]
+    assert first["direction"] == "outbound"  # node1 dialled its bootstrap peer
+    assert first["addrs"] == [devnet.nodes[0].address]
+    wait_for(
+        lambda: all(p["latency_ms"] for p in devnet.call(1, "peers_list")["peers"]),
+        30,
+        "ping latency for every peer",
+    )
+
+
+def test_killed_first_node_rejoins_after_restart(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(3)
+    wait_full_mesh(devnet)
+    first = devnet.nodes[0]
+    devnet.kill(0)
+    for index in (1, 2):
+        wait_for(
+            lambda index=index: first.peer_id not in connected_peer_ids(devnet, index),
+            30,
+            f"node{index} noticing that node0 is gone",
+        )
+    assert first.socket_path.exists()  # SIGKILL left its socket and lock behind
+    devnet.start(0)
+    devnet.wait_ready(0)
+    wait_full_mesh(devnet)
+
+
+def test_sigterm_stops_cleanly_and_removes_socket_and_lock(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(2)
+    wait_full_mesh(devnet)
+    node = devnet.nodes[1]
+    devnet.signal(1, signal.SIGTERM)
+    assert devnet.wait_exit(1) == 0
+    assert not node.socket_path.exists()
+    assert not (node.data_dir / "node.lock").exists()
+    known = (node.data_dir / "peers.json").read_text()
+    assert devnet.nodes[0].peer_id in known
+    wait_for(lambda: not connected_peer_ids(devnet, 0), 30, "node0 noticing node1 has stopped")
+
+
+def test_sigint_stops_cleanly(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(1)
+    devnet.signal(0, signal.SIGINT)
+    assert devnet.wait_exit(0) == 0
+    assert not devnet.nodes[0].socket_path.exists()
+
+
+def test_ping_round_trip_over_the_framed_layer(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(2)
+    wait_full_mesh(devnet)
+    other = devnet.nodes[1].peer_id
+    results = [devnet.call(0, "peers_ping", {"peer_id": other}) for _ in range(20)]
+    assert all(result["peer_id"] == other and result["rtt_ms"] > 0 for result in results)
+    stats = devnet.call(0, "node_statistics")
+    # One long-lived stream per protocol (ping, peer exchange), not one per request.
+    assert 1 <= stats["wire"]["streams_opened"] <= 2
+    assert stats["scores"]["rejected_total"] == 0
+
+
+def test_ping_to_a_peer_we_are_not_connected_to_is_a_clear_error(
+    make_devnet: Callable[..., Devnet],
+):
+    devnet = make_devnet(1)
+    with devnet.client(0) as client, pytest.raises(RpcCallError, match="not connected"):
+        client.call("peers_ping", {"peer_id": "12D3KooWNobody"})
