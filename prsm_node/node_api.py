@@ -70,6 +70,8 @@ def register_node_methods(dispatcher: Dispatcher, context: NodeContext) -> None:
         return {
             "peers_connected": len(context.peers.peers()),
             "peers_known": len(context.peers.book),
+            "connections_refused": context.peers.connections_refused,
+            "dials_failed": context.peers.dials_failed,
             "scores": asdict(context.scores.statistics()),
             "wire": context.wire.statistics(),
         }

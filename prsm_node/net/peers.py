@@ -4,8 +4,9 @@ ping, peer exchange) and keeps peers.json.
 Rules:
 1. Every dial runs under `dial_timeout_ms`; its outcome goes back to the book, which owns
    the backoff. A sleeping loop wakes early when an event may have made a dial due.
-2. The connection limit is ours: an inbound connection past `peers_max`, or from a peer
-   whose score is at the floor, is closed at once.
+2. The connection limit is `peers_max`: libp2p's swarm rejects inbound connections past it
+   before the handshake, and we close at once any that slips through (the swarm counts
+   connections racily) or that comes from a peer whose score is at the floor.
 3. peers.json is written atomically (temp file, fsync, rename) at most every
    PERSIST_INTERVAL_S and at shutdown; a corrupt file is logged and ignored, never fatal.
 """
@@ -78,6 +79,8 @@ class PeerManager:
         self._directions: dict[str, str] = {}
         self._wake = trio.Event()
         self._dirty = False
+        self.connections_refused = 0
+        self.dials_failed = 0
         self._nursery: trio.Nursery | None = None
         scores.on_drop = self._drop_peer
 
@@ -145,6 +148,7 @@ class PeerManager:
                 return
             except Exception as error:  # libp2p raises many unrelated types for a failed dial
                 log.debug("peers.dial_failed", peer=peer_id, address=address, error=str(error))
+        self.dials_failed += 1
         self.book.dial_failed(peer_id, _now_ms())
         self._wake.set()
 
@@ -173,6 +177,7 @@ class PeerManager:
         over_limit = len(self._host.get_network().get_connections_map()) > self._config.peers_max
         if self._scores.is_banned(peer) or (event.direction == "inbound" and over_limit):
             log.info("peers.refused", peer=peer, banned=self._scores.is_banned(peer))
+            self.connections_refused += 1
             self._nursery_or_fail().start_soon(self._close_connection, event.connection)
             return
         self._directions[peer] = event.direction

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from prsm_node.control import RpcCallError
 from prsm_node.devnet import Devnet, wait_for
+
+from .conftest import TEST_NETWORK
 
 pytestmark = pytest.mark.multiprocess
 
@@ -99,3 +104,47 @@ def test_ping_to_a_peer_we_are_not_connected_to_is_a_clear_error(
     devnet = make_devnet(1)
     with devnet.client(0) as client, pytest.raises(RpcCallError, match="not connected"):
         client.call("peers_ping", {"peer_id": "12D3KooWNobody"})
+
+
+def test_bootstrap_peer_that_starts_late_is_reached_by_retrying(
+    make_devnet: Callable[..., Devnet],
+):
+    devnet = make_devnet(2, start=False)
+    devnet.start(1)
+    devnet.wait_ready(1)
+    assert connected_peer_ids(devnet, 1) == set()
+    devnet.start(0)
+    devnet.wait_ready(0)
+    wait_full_mesh(devnet)
+
+
+def test_inbound_connections_past_the_limit_are_refused(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(3, replace(TEST_NETWORK, peers_max=1), start=False)
+    for index in range(3):
+        devnet.start(index)
+        devnet.wait_ready(index)
+    wait_for(lambda: connected_peer_ids(devnet, 0), 30, "node0 taking its one connection")
+    (first,) = connected_peer_ids(devnet, 0)
+    late = 2 if first == devnet.nodes[1].peer_id else 1
+    wait_for(
+        lambda: devnet.call(late, "node_statistics")["dials_failed"] >= 2,
+        30,
+        "the late node's dials to the full node0 failing",
+    )
+    assert connected_peer_ids(devnet, 0) == {first}
+    assert connected_peer_ids(devnet, late) == set()
+
+
+def test_logs_are_json_events_and_never_hold_the_key(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(2)
+    wait_full_mesh(devnet)
+    node = devnet.nodes[1]
+    assert devnet.stop(1) == 0
+    lines = (node.data_dir / "logs" / "node.log").read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert {"node.started", "peers.connected", "node.stopped"} <= set(events)
+    seed = (node.data_dir / "node.key").read_bytes()
+    logged = (node.data_dir / "logs" / "node.log").read_bytes()
+    logged += (node.data_dir / "logs" / "process.log").read_bytes()
+    for form in (seed, seed.hex().encode(), base64.b64encode(seed)):
+        assert form not in logged
