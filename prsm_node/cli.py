@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 devnet_app = typer.Typer(help="Run a local network of nodes on 127.0.0.1.", no_args_is_help=True)
 app.add_typer(devnet_app, name="devnet")
+dht_app = typer.Typer(help="Query and publish in the Kademlia DHT.", no_args_is_help=True)
+app.add_typer(dht_app, name="dht")
 
 DataDirOption = Annotated[
     Path | None,
@@ -218,6 +220,103 @@ def rpc(
     typer.echo(json.dumps(response, indent=2))
     if isinstance(response, dict) and "error" in response:
         raise typer.Exit(1)
+
+
+def _print_lookup(result: dict[str, Any]) -> None:
+    state = "completed" if result["completed"] else "deadline reached: partial result"
+    typer.echo(
+        f"lookup: {state}, {result['rounds']} rounds, {result['peers_contacted']} peers "
+        f"contacted, {result['duration_ms']} ms"
+    )
+
+
+@dht_app.command("find-peer")
+def dht_find_peer(
+    peer_id: str, data_dir: DataDirOption = None, json_output: JsonOption = False
+) -> None:
+    """Find a peer's addresses through the DHT."""
+    result = _call(data_dir, "dht_find_peer", {"peer_id": peer_id})
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo("\n".join(result["addrs"]) if result["found"] else f"peer {peer_id} not found")
+    _print_lookup(result)
+    if not result["found"]:
+        raise typer.Exit(1)
+
+
+@dht_app.command("put")
+def dht_put(
+    key: Annotated[str, typer.Argument(help="NAME (in our namespace) or a full /registry/ key")],
+    value: Annotated[str, typer.Argument(help="A JSON object, or any text")],
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Publish a signed record, replicated to the k closest peers and republished."""
+    result = _call(data_dir, "dht_put", {"key": key, "value": value})
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"stored {result['key']} (seq {result['seq']}) at {result['peers_sent']} peers")
+    _print_lookup(result)
+
+
+@dht_app.command("get")
+def dht_get(key: str, data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+    """Fetch the newest valid record for KEY."""
+    result = _call(data_dir, "dht_get", {"key": key})
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    if not result["found"]:
+        typer.echo(f"no record for {result['key']}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result["value"]))
+    typer.echo(f"seq {result['seq']}, signed by {result['signer']}")
+    _print_lookup(result)
+
+
+@dht_app.command("provide")
+def dht_provide(cid: str, data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+    """Announce that this node provides CID."""
+    result = _call(data_dir, "dht_provide", {"cid": cid})
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"provider record for {cid} sent to {result['peers_sent']} peers")
+
+
+@dht_app.command("providers")
+def dht_providers(
+    cid: str, data_dir: DataDirOption = None, json_output: JsonOption = False
+) -> None:
+    """List the peers that provide CID."""
+    result = _call(data_dir, "dht_providers", {"cid": cid})
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    for provider in result["providers"]:
+        typer.echo(f"{provider['peer_id']}  {' '.join(provider['addrs'])}")
+    if not result["providers"]:
+        typer.echo(f"no providers found for {cid}")
+    _print_lookup(result)
+
+
+@dht_app.command("table")
+def dht_table(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
+    """Show the routing table's bucket occupancy."""
+    result = _call(data_dir, "dht_table")
+    if json_output:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['peers_total']} peers in {len(result['buckets'])} buckets")
+    typer.echo(f"{'BUCKET':>6}  PEERS")
+    for bucket in result["buckets"]:
+        typer.echo(f"{bucket['index']:>6}  {'#' * bucket['peers']} {bucket['peers']}")
+    typer.echo(
+        f"records {result['records_stored']}, provider keys {result['provider_keys']}, "
+        f"hostile inputs {result['counters']['hostile_inputs']}"
+    )
 
 
 @devnet_app.command("init")

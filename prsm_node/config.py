@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dht.node_effects import DhtConfig
 from prsm_node.errors import ConfigError
 
 Check = Callable[[Any], str | None]
@@ -149,17 +150,70 @@ class LogConfig:
     file_count_max: int = _key("rotated log files kept", 5, _between(1, 100))
 
 
+_DHT = DhtConfig()  # defaults and relations come from the core (dht/node_effects.py)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DhtSection:
+    k: int = _key("bucket size and replication factor (libp2p Kademlia spec: 20)", _DHT.k)
+    alpha: int = _key("lookup requests in flight (libp2p Kademlia spec: 3)", _DHT.alpha)
+    request_timeout_ms: int = _key("one DHT request fails after this", _DHT.request_timeout_ms)
+    lookup_deadline_ms: int = _key(
+        "a lookup returns what it found by then, and says so", _DHT.lookup_deadline_ms
+    )
+    lookups_max: int = _key("lookups running at once; more are refused", _DHT.lookups_max)
+    requests_pending_max: int = _key("DHT requests in flight", _DHT.requests_pending_max)
+    get_value_quorum: int = _key(
+        "valid records collected before GET_VALUE picks the newest", _DHT.get_value_quorum
+    )
+    maintenance_interval_ms: int = _key(
+        "how often expiry, republish and refresh run", _DHT.maintenance_interval_ms
+    )
+    bucket_refresh_idle_ms: int = _key(
+        "a bucket untouched this long is refreshed", _DHT.bucket_refresh_idle_ms
+    )
+    record_ttl_ms: int = _key("lifetime of a record we publish", _DHT.record_ttl_ms)
+    record_ttl_max_ms: int = _key("longest lifetime accepted from others", _DHT.record_ttl_max_ms)
+    record_republish_interval_ms: int = _key(
+        "our records are republished this often", _DHT.record_republish_interval_ms
+    )
+    provider_ttl_ms: int = _key("lifetime of a provider record (24 h)", _DHT.provider_ttl_ms)
+    provider_republish_interval_ms: int = _key(
+        "our provider records are republished this often", _DHT.provider_republish_interval_ms
+    )
+    record_size_max: int = _key("largest record (bytes) stored or sent", _DHT.record_size_max)
+    record_store_bytes_max: int = _key(
+        "total bytes of records stored; the farthest from us is evicted past it",
+        _DHT.record_store_bytes_max,
+    )
+    records_max: int = _key("records stored", _DHT.records_max)
+    records_per_signer_max: int = _key(
+        "records stored per signing key", _DHT.records_per_signer_max
+    )
+    providers_per_key_max: int = _key("providers kept per content key", _DHT.providers_per_key_max)
+    provider_keys_per_peer_max: int = _key(
+        "content keys one peer may provide (flood cap)", _DHT.provider_keys_per_peer_max
+    )
+    provider_records_max: int = _key("provider records stored", _DHT.provider_records_max)
+
+    def core_config(self) -> DhtConfig:
+        """The core's config; its own checks of how the limits relate run here."""
+        return replace(_DHT, **{item.name: getattr(self, item.name) for item in fields(self)})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dht: DhtSection = field(default_factory=DhtSection)
 
 
 SECTION_DOCS = {
     "network": "libp2p host, peers and the framed request/response layer",
     "control": "the JSON-RPC control socket <data_dir>/node.sock",
     "log": "structured logs: JSON lines in <data_dir>/logs/, readable lines on stderr",
+    "dht": "Kademlia DHT /prsm/kad/1.0.0 (times in ms, sizes in bytes)",
 }
 
 
@@ -203,6 +257,10 @@ def _check_relations(config: NodeConfig, file: Path | str) -> None:
         )
     if len(network.bootstrap) > network.known_peers_max:
         raise ConfigError(file, "network.bootstrap", "more entries than network.known_peers_max")
+    try:
+        config.dht.core_config()
+    except ValueError as error:
+        raise ConfigError(file, "dht", str(error).removeprefix("dht config: ")) from None
 
 
 def config_from_mapping(raw: Mapping[str, Any], file: Path | str) -> NodeConfig:

@@ -26,6 +26,8 @@ from prsm_node import __version__
 from prsm_node.config import NodeConfig
 from prsm_node.control import Dispatcher, serve_control
 from prsm_node.datadir import DataDir, DataDirLock
+from prsm_node.dht_api import register_dht_methods
+from prsm_node.dht_service import DhtService
 from prsm_node.identity import read_seed
 from prsm_node.net.host import ConnectionEvent, build_host
 from prsm_node.net.peers import PeerManager
@@ -48,6 +50,7 @@ class NodeContext:
     peers: PeerManager
     wire: Wire
     scores: PeerScores
+    dht: DhtService
     started_monotonic: float
     shutdown_requested: trio.Event
 
@@ -102,11 +105,23 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
             rng=random.Random(),
         )
         peers.load()
+        dht = DhtService(
+            core_config=config.dht.core_config(),
+            seed=seed,
+            own_peer_id=host.get_id().to_base58(),
+            wire=wire,
+            peers=peers,
+            host=host,
+            data_dir=data_dir.root,
+            rng=random.Random(),
+        )
+        peers.connection_listeners.append(dht.peer_connected)
         context = NodeContext(
-            data_dir, config, host, peers, wire, scores, time.monotonic(), trio.Event()
+            data_dir, config, host, peers, wire, scores, dht, time.monotonic(), trio.Event()
         )
         dispatcher = Dispatcher()
         register_node_methods(dispatcher, context)
+        register_dht_methods(dispatcher, dht)
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(_stop_on_request, context.shutdown_requested, nursery.cancel_scope)
         await nursery.start(
@@ -118,6 +133,7 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
                 connections_max=config.control.connections_max,
             )
         )
+        await nursery.start(dht.run)
         await nursery.start(peers.run, receive_events)
         log.info(
             "node.started",

@@ -4,8 +4,9 @@ Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
 - `sec_opt` names Noise alone. The library's default also offers secio and *plaintext*,
   which a node must never accept.
 - `max_connections_per_peer=1`, or every `connect()` waits ~250 ms.
-- the library's own auto-connect and pruning are off (watermarks at 0 and at the limit):
-  the peer book decides whom to dial, and `peers_max` is enforced by the node.
+- the library's auto-connector is switched off: from 0.8 it dials peerstore entries until
+  half of `high_watermark` is reached, which would redial banned peers and every address
+  the DHT ever saw. The peer book decides whom to dial; the pruner stays, at `peers_max`.
 """
 
 from __future__ import annotations
@@ -84,5 +85,11 @@ def build_host(
         muxer_preference="YAMUX",
         connection_config=connection_config,
     )
-    host.get_network().register_notifee(_ConnectionNotifee(events))
+    network = host.get_network()
+    network.register_notifee(_ConnectionNotifee(events))
+    network.auto_connector.maybe_connect = _never_auto_connect  # see the module header
     return host
+
+
+async def _never_auto_connect() -> None:
+    return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import structlog
 import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerstore import PeerStoreError
 from multiaddr import Multiaddr
 
 from prsm_node.config import NetworkConfig
@@ -81,6 +83,7 @@ class PeerManager:
         self._dirty = False
         self.connections_refused = 0
         self.dials_failed = 0
+        self.connection_listeners: list[Callable[[str, str], None]] = []
         self._nursery: trio.Nursery | None = None
         scores.on_drop = self._drop_peer
 
@@ -183,6 +186,8 @@ class PeerManager:
         self._directions[peer] = event.direction
         self.book.connected(peer, _now_ms())
         log.info("peers.connected", peer=peer, direction=event.direction)
+        for listener in self.connection_listeners:
+            listener(peer, event.direction)
         self._nursery_or_fail().start_soon(self._ping, peer)
         if self._config.peer_exchange:
             self._nursery_or_fail().start_soon(self._exchange_peers, peer)
@@ -203,6 +208,18 @@ class PeerManager:
             await connection.close()
         except Exception as error:  # closing a half-open libp2p connection raises varied types
             log.debug("peers.close_failed", error=str(error))
+
+    @property
+    def dial_timeout_s(self) -> float:
+        return self._config.dial_timeout_ms / 1000
+
+    def penalise(self, peer: str, reason: str) -> None:
+        """Count a peer's bad input (other services than the wire report here)."""
+        self._scores.penalise(peer, reason)
+
+    def drop_peer(self, peer: str, reason: str) -> None:
+        log.warning("peers.dropping", peer=peer, reason=reason)
+        self._drop_peer(peer)
 
     def _drop_peer(self, peer: str) -> None:
         if self._nursery is not None:
@@ -297,12 +314,23 @@ class PeerManager:
 
     # -- queries -----------------------------------------------------------------------
 
+    def identified_addresses(self, peer: str) -> tuple[str, ...]:
+        """Listen addresses the peer announced through libp2p identify, with /p2p/<id>."""
+        suffix = f"/p2p/{peer}"
+        try:
+            known = self._host.get_peerstore().addrs(ID.from_base58(peer))
+        except PeerStoreError:
+            return ()
+        addresses = [str(address) for address in known]
+        return tuple(a if a.endswith(suffix) else a + suffix for a in addresses if "/tcp/" in a)
+
     def peers(self) -> list[PeerInfo]:
         infos = []
         for peer_id, connections in self._host.get_network().get_connections_map().items():
             peer = peer_id.to_base58()
             known = self.book.address_of(peer)
-            addrs = [known] if known else _transport_addresses(connections)
+            addrs = [known] if known else list(self.identified_addresses(peer))
+            addrs = addrs or _transport_addresses(connections)
             direction = self._directions.get(peer, "unknown")
             infos.append(PeerInfo(peer, addrs, direction, self.latency.latency_ms(peer)))
         return sorted(infos, key=lambda info: info.peer_id)

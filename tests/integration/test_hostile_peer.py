@@ -19,7 +19,10 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
 from nacl.signing import SigningKey
 
+from dht.messages import MessageKind, Request, encode_message
+from dht.records import RecordBody, SignedRecord, pk_key
 from prsm_node.devnet import Devnet
+from prsm_node.dht_service import DHT_PROTOCOL, unix_ms
 from prsm_node.net.framing import encode_frame
 from prsm_node.net.host import build_host
 from prsm_node.net.pex import PEX_PROTOCOL
@@ -99,3 +102,53 @@ async def test_a_peer_past_the_score_floor_is_disconnected(
             while attacker.get_network().get_connections(target.peer_id):
                 await trio.sleep(0.05)
         assert (await node_statistics(devnet))["peers_connected"] == 0
+
+
+async def test_forged_and_malformed_dht_requests_are_rejected_and_counted(
+    make_devnet: Callable[..., Devnet],
+) -> None:
+    devnet = await trio.to_thread.run_sync(make_devnet, 1)
+    send, _receive = trio.open_memory_channel(64)
+    network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
+    attacker_key = SigningKey.generate()
+    attacker = build_host(bytes(attacker_key), network, send)
+    victim_key = SigningKey.generate().verify_key.encode()
+    body = RecordBody(
+        key=pk_key(victim_key),  # claims another key's namespace
+        value=b"mine now",
+        seq=1,
+        expires_at_ms=unix_ms() + 60_000,
+        publisher=b"x",
+    )
+    forged = SignedRecord(body=body, signer=victim_key, sig=bytes(64))
+    put = Request(request_id=1, kind=MessageKind.PUT_VALUE, key=body.key, record=forged)
+    frames = [
+        encode_frame([0, 1, encode_message(put)], 1 << 20),
+        encode_frame([0, 2, b"\xc1 not msgpack"], 1 << 20),
+        encode_frame([0, 3, {"not": "bytes"}], 1 << 20),
+    ]
+    async with attacker.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        target = info_from_p2p_addr(Multiaddr(devnet.nodes[0].address))
+        await attacker.connect(target)
+        for frame in frames:
+            stream = await attacker.new_stream(target.peer_id, [TProtocol(DHT_PROTOCOL)])
+            await stream.write(frame)
+        with trio.fail_after(30):
+            while True:
+                table = await trio.to_thread.run_sync(devnet.call, 0, "dht_table")
+                stats = await node_statistics(devnet)
+                # The DHT core judges the two DHT messages; the shell refuses the non-frame
+                # and the frame the core could not answer.
+                if (
+                    table["counters"]["hostile_inputs"] >= 2
+                    and stats["scores"]["rejected_total"] >= 2
+                ):
+                    break
+                await trio.sleep(0.05)
+        key = body.key.decode()
+        got = await trio.to_thread.run_sync(devnet.call, 0, "dht_get", {"key": key})
+    assert got["found"] is False
+    assert table["records_stored"] == 0
+    assert table["hostile_by_reason"].get("bad_signature") == 1, table["hostile_by_reason"]
+    assert table["counters"]["hostile_inputs"] == 2
+    assert stats["scores"]["rejected_total"] == 2

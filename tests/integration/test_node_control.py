@@ -205,4 +205,3 @@ def _node_info_or_none(data_dir: DataDir) -> dict | None:
             return client.call("node_info")
     except ControlClientError:
         return None
-

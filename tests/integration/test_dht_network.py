@@ -1,0 +1,68 @@
+"""A real 20-process network from the devnet launcher: the DHT fills the routing tables
+(peer exchange off), put/get from every node, provide/find-providers, find-peer, and a node
+killed with SIGKILL mid-run without breaking lookups."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from prsm_node.devnet import Devnet, wait_for
+
+from .conftest import TEST_NETWORK, run_cli
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
+
+NODES = 20
+KILLED = 7
+CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def table_size(devnet: Devnet, index: int) -> int:
+    return devnet.call(index, "dht_table")["peers_total"]
+
+
+def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
+    devnet = make_devnet(NODES, replace(TEST_NETWORK, peer_exchange=False))
+    # Everyone bootstraps from node0 alone; the self-lookups must spread the rest.
+    for index in range(NODES):
+        wait_for(
+            lambda index=index: table_size(devnet, index) >= 5,
+            60,
+            f"node{index} learning at least 5 peers through the DHT",
+        )
+    keys = {}
+    for index in range(NODES):
+        result = devnet.call(index, "dht_put", {"key": "name", "value": f'{{"node": {index}}}'})
+        assert result["peers_sent"] >= 1, result
+        keys[index] = result["key"]
+    for reader in range(0, NODES, 3):
+        for writer in range(NODES):
+            got = devnet.call(reader, "dht_get", {"key": keys[writer]})
+            assert got["found"] and got["value"] == {"node": writer}, (reader, writer, got)
+    devnet.call(5, "dht_provide", {"cid": CID})
+    provider = devnet.nodes[5].peer_id
+    for index in range(NODES):
+        found = devnet.call(index, "dht_providers", {"cid": CID})["providers"]
+        assert provider in [peer["peer_id"] for peer in found], index
+
+    devnet.kill(KILLED)
+    alive = [index for index in range(NODES) if index != KILLED]
+    for index in alive:
+        target = devnet.nodes[(index + 3) % NODES]
+        if target.name == devnet.nodes[KILLED].name:
+            continue
+        result = devnet.call(index, "dht_find_peer", {"peer_id": target.peer_id})
+        assert result["found"] and result["addrs"] == [target.address], (index, result)
+        got = devnet.call(index, "dht_get", {"key": keys[(index + 11) % NODES]})
+        assert got["found"], (index, got)
+        assert got["completed"]
+
+    cli = run_cli("dht", "get", keys[KILLED], "--data-dir", str(devnet.nodes[0].data_dir), "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["value"] == {"node": KILLED}  # replicated before the kill
+    cli = run_cli("dht", "table", "--data-dir", str(devnet.nodes[3].data_dir))
+    assert cli.returncode == 0 and "BUCKET" in cli.stdout
