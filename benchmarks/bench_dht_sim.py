@@ -24,18 +24,26 @@ from simulations.dht_scenario import DhtScenario, ScenarioConfig
 
 
 def run_size(nodes: int, args: argparse.Namespace) -> dict[str, object]:
-    config = ScenarioConfig(nodes=nodes, seed=args.seed, churn=args.churn,
-                            lookups=args.lookups, records=args.records, loss=args.loss,
-                            duplication=args.duplication)
+    config = ScenarioConfig(
+        nodes=nodes,
+        seed=args.seed,
+        churn=args.churn,
+        lookups=args.lookups,
+        records=args.records,
+        loss=args.loss,
+        duplication=args.duplication,
+    )
     report = DhtScenario(config).run()
     find, get = report.lookups["find_node"], report.lookups["get_value"]
-    print(f"{nodes:>6} nodes  find_node success {find['success_rate']:.4f} "
-          f"rounds {find['rounds_mean']:.2f}/{find['rounds_p50']}/{find['rounds_p99']} "
-          f"contacted {find['contacted_mean']:.1f}/{find['contacted_p50']}/"
-          f"{find['contacted_p99']}  get_value success {get['success_rate']:.4f} "
-          f"rounds {get['rounds_mean']:.2f}  sim {report.messages_per_s:,.0f} msg/s "
-          f"({report.simulator['messages_delivered']:,} msgs in {report.wall_s:.1f} s)",
-          flush=True)
+    print(
+        f"{nodes:>6} nodes  find_node success {find['success_rate']:.4f} "
+        f"rounds {find['rounds_mean']:.2f}/{find['rounds_p50']}/{find['rounds_p99']} "
+        f"contacted {find['contacted_mean']:.1f}/{find['contacted_p50']}/"
+        f"{find['contacted_p99']}  get_value success {get['success_rate']:.4f} "
+        f"rounds {get['rounds_mean']:.2f}  sim {report.messages_per_s:,.0f} msg/s "
+        f"({report.simulator['messages_delivered']:,} msgs in {report.wall_s:.1f} s)",
+        flush=True,
+    )
     for failure in report.failures:
         print(f"  FAILED: {failure}; replay: {config.command()}", flush=True)
     return {"nodes": nodes, "command": config.command(), "report": asdict(report)}
@@ -59,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     document = {
         "benchmark": "dht_sim",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+        },
         "args": vars(args),
         "results": results,
     }

@@ -34,6 +34,8 @@ def register_dht_methods(dispatcher: Dispatcher, dht: DhtService) -> None:
 
     async def dht_find_peer(peer_id: str) -> dict[str, Any]:
         target = _peer_bytes(peer_id)
+        if target == dht.core.own.peer_id:
+            raise RpcError(ErrorCode.INVALID_PARAMS, "param 'peer_id': that is this node itself")
         result = _lookup(
             await dht.command(lambda c: fx.FindNode(command_id=c, target=key_from_bytes(target)))
         )

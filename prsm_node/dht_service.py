@@ -8,7 +8,8 @@ happened:
 - SendResponse: only ever produced while serving a request; it becomes the wire answer.
 - SetTimer: a heap of deadlines served by one task (the core never cancels timers).
 - CommandFinished: wakes the control-API call waiting on that command id.
-- PersistTable: written atomically to `<data_dir>/dht_table.msgpack`, reloaded at start.
+- PersistTable: written atomically to `<data_dir>/dht_table.msgpack` (and once more at
+  shutdown), reloaded at start.
 - DropPeer: disconnect (the core scored the peer down for hostile input).
 
 Time: the core is given Unix time in ms, because records carry absolute expiry times
@@ -122,10 +123,13 @@ class DhtService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._wire.register(DHT_PROTOCOL, self._serve)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._timer_loop)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._timer_loop)
+                task_status.started()
+        finally:  # the core persists on its maintenance tick; save the latest table too
+            self._write_table(msgpack.packb(self.core.table.snapshot(), use_bin_type=True))
 
     def peer_connected(self, peer_id: str, direction: str) -> None:
         """A connection we dialled (a bootstrap or known peer): join the DHT through it.

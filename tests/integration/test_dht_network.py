@@ -10,6 +10,8 @@ from dataclasses import replace
 
 import pytest
 
+from prsm_node.config import load_config, render_toml
+from prsm_node.datadir import DataDir
 from prsm_node.devnet import Devnet, wait_for
 
 from .conftest import TEST_NETWORK, run_cli
@@ -66,3 +68,24 @@ def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
     assert json.loads(cli.stdout)["value"] == {"node": KILLED}  # replicated before the kill
     cli = run_cli("dht", "table", "--data-dir", str(devnet.nodes[3].data_dir))
     assert cli.returncode == 0 and "BUCKET" in cli.stdout
+
+
+def test_routing_table_is_persisted_and_reloaded_at_start(make_devnet: Callable[..., Devnet]):
+    devnet = make_devnet(4)
+    wait_for(lambda: table_size(devnet, 3) >= 3, 60, "node3 knowing the other three")
+    before = {peer["peer_id"] for peer in devnet.call(3, "dht_table")["peers"]}
+    assert devnet.stop(3) == 0
+    data_dir = DataDir(devnet.nodes[3].data_dir)
+    assert (data_dir.root / "dht_table.msgpack").exists()
+    # Cut every other way back in: no bootstrap peer, no peers.json, nobody else running.
+    for index in range(3):
+        devnet.stop(index)
+    config = load_config(data_dir.config_file)
+    isolated = replace(config, network=replace(config.network, bootstrap=()))
+    data_dir.config_file.write_text(render_toml(isolated))
+    data_dir.peers_file.unlink()
+    devnet.start(3)
+    devnet.wait_ready(3)
+    assert devnet.call(3, "peers_list")["peers"] == []
+    after = {peer["peer_id"] for peer in devnet.call(3, "dht_table")["peers"]}
+    assert before == after
