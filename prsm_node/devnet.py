@@ -123,6 +123,9 @@ class Devnet:
             stdout=output,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Own session: a Ctrl-C in the terminal reaches only the launcher, which then
+            # stops each node once (a node signalled twice is killed before its clean-up).
+            start_new_session=True,
         )
         self._processes[index] = process
         self._outputs[index] = output
@@ -180,13 +183,18 @@ class Devnet:
             self._outputs.pop(index).close()
         return process.returncode
 
-    def stop(self, index: int, grace_s: float = 10.0) -> int:
-        """SIGTERM, wait, SIGKILL past the grace; returns the exit code."""
+    def stop(self, index: int, grace_s: float = 10.0, *, signalled: bool = False) -> int:
+        """SIGTERM (unless `signalled` already), wait, SIGKILL past the grace; the exit code.
+
+        Never a second SIGTERM: the node restores the default handler once it is shutting
+        down, so a second one would kill it before it removes its socket and lock (that is
+        the operator's "force quit", not what a clean stop wants)."""
         process = self._processes.pop(index, None)
         if process is None:
             return 0
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            if not signalled:
+                process.send_signal(signal.SIGTERM)
             try:
                 process.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -196,10 +204,13 @@ class Devnet:
         return process.returncode
 
     def stop_all(self, grace_s: float = 10.0) -> dict[int, int]:
+        """SIGTERM every node at once, then wait for each."""
         for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        return {index: self.stop(index, grace_s) for index in list(self._processes)}
+        return {
+            index: self.stop(index, grace_s, signalled=True) for index in list(self._processes)
+        }
 
     def exited(self) -> dict[int, int]:
         """Processes that have exited by themselves, with their codes."""

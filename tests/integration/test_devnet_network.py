@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from prsm_node.control import RpcCallError
-from prsm_node.devnet import Devnet, wait_for
+from prsm_node.devnet import Devnet, load_devnet, wait_for
 
-from .conftest import TEST_NETWORK
+from .conftest import TEST_NETWORK, run_cli
 
 pytestmark = pytest.mark.multiprocess
 
@@ -148,3 +151,33 @@ def test_logs_are_json_events_and_never_hold_the_key(make_devnet: Callable[..., 
     logged += (node.data_dir / "logs" / "process.log").read_bytes()
     for form in (seed, seed.hex().encode(), base64.b64encode(seed)):
         assert form not in logged
+
+
+def test_devnet_commands_start_and_stop_every_node(short_dir: Path) -> None:
+    directory = short_dir / "net"
+    init = run_cli("devnet", "init", "--nodes", "3", "--dir", str(directory))
+    assert init.returncode == 0, init.stderr
+    nodes = load_devnet(directory)
+    assert [node.name for node in nodes] == ["node0", "node1", "node2"]
+    command = [sys.executable, "-m", "prsm_node", "devnet", "up", "--dir", str(directory)]
+    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert up.stdout is not None
+        lines = []
+        for line in up.stdout:  # bounded: the launcher prints one line per node, then this
+            lines.append(line)
+            if "nodes running" in line:
+                break
+        printed = "".join(lines)
+        assert all(node.peer_id in printed and str(node.socket_path) in printed for node in nodes)
+        devnet = Devnet(nodes)
+        wait_for(
+            lambda: len(devnet.call(2, "peers_list")["peers"]) == 2, 30, "node2 meeting both"
+        )
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert not any(node.socket_path.exists() for node in nodes)
