@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import msgpack
 import pytest
@@ -53,23 +54,33 @@ async def wait_rejected(devnet: Devnet, count: int) -> dict:
     return stats
 
 
-async def test_malformed_frames_are_counted_and_the_node_keeps_serving(
-    make_devnet: Callable[..., Devnet],
-) -> None:
-    devnet = await trio.to_thread.run_sync(make_devnet, 1)
+@contextlib.asynccontextmanager
+async def attacker_connected_to(devnet: Devnet) -> AsyncIterator[tuple[Any, Any]]:
+    """A libp2p host of our own make, connected to node0: (host, node0's PeerInfo)."""
     send, _receive = trio.open_memory_channel(64)
     network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
     attacker = build_host(bytes(SigningKey.generate()), network, send)
     async with attacker.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         target = info_from_p2p_addr(Multiaddr(devnet.nodes[0].address))
         await attacker.connect(target)
+        yield attacker, target
+
+
+async def send_frame(attacker: Any, target: Any, protocol: str, frame: bytes) -> None:
+    stream = await attacker.new_stream(target.peer_id, [TProtocol(protocol)])
+    await stream.write(frame)
+
+
+async def test_malformed_frames_are_counted_and_the_node_keeps_serving(
+    make_devnet: Callable[..., Devnet],
+) -> None:
+    devnet = await trio.to_thread.run_sync(make_devnet, 1)
+    async with attacker_connected_to(devnet) as (attacker, target):
         for count, frame in enumerate(GARBAGE_FRAMES, start=1):
-            stream = await attacker.new_stream(target.peer_id, [TProtocol(PING_PROTOCOL)])
-            await stream.write(frame)
+            await send_frame(attacker, target, PING_PROTOCOL, frame)
             await wait_rejected(devnet, count)
         bad_pex = {"addrs": ["/ip4/127.0.0.1/tcp/1/p2p/12D3KooWsomeoneelse"]}
-        stream = await attacker.new_stream(target.peer_id, [TProtocol(PEX_PROTOCOL)])
-        await stream.write(encode_frame([0, 1, bad_pex], 4096))
+        await send_frame(attacker, target, PEX_PROTOCOL, encode_frame([0, 1, bad_pex], 4096))
         stats = await wait_rejected(devnet, len(GARBAGE_FRAMES) + 1)
     assert stats["scores"]["peers_penalised"] == 1
     info = await trio.to_thread.run_sync(devnet.call, 0, "node_info")
@@ -80,15 +91,9 @@ async def test_a_peer_past_the_score_floor_is_disconnected(
     make_devnet: Callable[..., Devnet],
 ) -> None:
     devnet = await trio.to_thread.run_sync(make_devnet, 1)
-    send, _receive = trio.open_memory_channel(64)
-    network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
-    attacker = build_host(bytes(SigningKey.generate()), network, send)
-    async with attacker.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        target = info_from_p2p_addr(Multiaddr(devnet.nodes[0].address))
-        await attacker.connect(target)
+    async with attacker_connected_to(devnet) as (attacker, target):
         for count in range(1, 11):  # ten penalties of 10 reach the floor of -100
-            stream = await attacker.new_stream(target.peer_id, [TProtocol(PING_PROTOCOL)])
-            await stream.write(GARBAGE_FRAMES[0])
+            await send_frame(attacker, target, PING_PROTOCOL, GARBAGE_FRAMES[0])
             await wait_rejected(devnet, count)
         with trio.fail_after(30):
             while attacker.get_network().get_connections(target.peer_id):
@@ -108,10 +113,6 @@ async def test_forged_and_malformed_dht_requests_are_rejected_and_counted(
     make_devnet: Callable[..., Devnet],
 ) -> None:
     devnet = await trio.to_thread.run_sync(make_devnet, 1)
-    send, _receive = trio.open_memory_channel(64)
-    network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
-    attacker_key = SigningKey.generate()
-    attacker = build_host(bytes(attacker_key), network, send)
     victim_key = SigningKey.generate().verify_key.encode()
     body = RecordBody(
         key=pk_key(victim_key),  # claims another key's namespace
@@ -127,12 +128,9 @@ async def test_forged_and_malformed_dht_requests_are_rejected_and_counted(
         encode_frame([0, 2, b"\xc1 not msgpack"], 1 << 20),
         encode_frame([0, 3, {"not": "bytes"}], 1 << 20),
     ]
-    async with attacker.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
-        target = info_from_p2p_addr(Multiaddr(devnet.nodes[0].address))
-        await attacker.connect(target)
+    async with attacker_connected_to(devnet) as (attacker, target):
         for frame in frames:
-            stream = await attacker.new_stream(target.peer_id, [TProtocol(DHT_PROTOCOL)])
-            await stream.write(frame)
+            await send_frame(attacker, target, DHT_PROTOCOL, frame)
         with trio.fail_after(30):
             while True:
                 table = await trio.to_thread.run_sync(devnet.call, 0, "dht_table")
