@@ -30,8 +30,6 @@ import msgpack
 import structlog
 import trio
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
-from multiaddr import Multiaddr
 from nacl.signing import SigningKey
 
 from dht import node_effects as fx
@@ -42,6 +40,7 @@ from dht.peer import ADDRS_MAX, PeerInfo
 from dht.records import Ed25519Signer
 from dht.routing import RoutingTable
 from prsm_node.errors import PeerProtocolError
+from prsm_node.net.host import dial
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 
@@ -203,7 +202,7 @@ class DhtService:
         for address in addrs[:ADDRS_MAX]:
             with trio.move_on_after(self._peers.dial_timeout_s):
                 try:
-                    await self._host.connect(info_from_p2p_addr(Multiaddr(address)))
+                    await dial(self._host, address)
                     self._peers.book.learn(address, int(trio.current_time() * 1000))
                     return
                 except Exception as error:  # libp2p raises many unrelated types on a dial

@@ -4,6 +4,11 @@ Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
 - `sec_opt` names Noise alone. The library's default also offers secio and *plaintext*,
   which a node must never accept.
 - `max_connections_per_peer=1`, or every `connect()` waits ~250 ms.
+- every dial goes through `dial()`, which first clears the swarm's negative cache for the
+  peer: after one failed dial py-libp2p 0.8.1 refuses to dial that peer again for 60 s
+  ("recently failed all addresses"), so a bootstrap peer that starts late, or restarts,
+  would stay unreachable for a minute whatever our backoff says. The peer book owns
+  retry timing.
 - the library's auto-connector is switched off: from 0.8 it dials peerstore entries until
   half of `high_watermark` is reached, which would redial banned peers and every address
   the DHT ever saw. The peer book decides whom to dial; the pruner stays, at `peers_max`.
@@ -19,8 +24,10 @@ from libp2p import new_host
 from libp2p.abc import INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
+from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from multiaddr import Multiaddr
 
 from prsm_node.config import NetworkConfig
 from prsm_node.identity import libp2p_key_pair
@@ -93,3 +100,12 @@ def build_host(
 
 async def _never_auto_connect() -> None:
     return None
+
+
+async def dial(host: Any, address: str) -> str:
+    """Connect to a full multiaddr (with /p2p/<id>); returns the peer id. Raises what
+    libp2p raises for a failed dial; the caller bounds the time."""
+    info = info_from_p2p_addr(Multiaddr(address))
+    host.get_network().unblock_peer(info.peer_id)  # see the module header
+    await host.connect(info)
+    return info.peer_id.to_base58()

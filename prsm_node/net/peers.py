@@ -24,14 +24,12 @@ from typing import Any
 import structlog
 import trio
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.peer.peerstore import PeerStoreError
-from multiaddr import Multiaddr
 
 from prsm_node.config import NetworkConfig
 from prsm_node.errors import PeerProtocolError
 from prsm_node.net import pex
-from prsm_node.net.host import ConnectionEvent
+from prsm_node.net.host import ConnectionEvent, dial
 from prsm_node.net.peerbook import PeerBook
 from prsm_node.net.ping import PING_PROTOCOL, LatencyTable, answer_ping
 from prsm_node.net.scores import PeerScores
@@ -145,7 +143,7 @@ class PeerManager:
     async def _dial(self, peer_id: str, address: str) -> None:
         with trio.move_on_after(self._config.dial_timeout_ms / 1000):
             try:
-                await self._host.connect(info_from_p2p_addr(Multiaddr(address)))
+                await dial(self._host, address)
                 log.info("peers.dialled", peer=peer_id, address=address)
                 self.book.connected(peer_id, _now_ms())
                 return
@@ -157,10 +155,8 @@ class PeerManager:
 
     async def connect(self, address: str) -> str:
         """Dial `address` now (the control API's peers_connect); returns the peer id."""
-        info = info_from_p2p_addr(Multiaddr(address))
-        peer_id = info.peer_id.to_base58()
         with trio.fail_after(self._config.dial_timeout_ms / 1000):
-            await self._host.connect(info)
+            peer_id = await dial(self._host, address)
         self.book.learn(address, _now_ms())
         self.book.connected(peer_id, _now_ms())
         self._dirty = True
