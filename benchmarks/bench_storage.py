@@ -1,0 +1,85 @@
+"""Benchmark: local add (chunk + hash + DAG), block store put/get, CAR export/import.
+
+Run: ``python benchmarks/bench_storage.py --out bench-storage.json`` (64 MiB by default,
+``--size-mib N`` to change; ``--fsync`` to fsync every block as the node does by default).
+Prints MB/s for each step beside the machine's raw sha256 throughput measured in the same
+run (issue 5: local add should reach at least 50% of the sha256 bound). Works in a temp dir
+on the same disk as ``--dir`` (default: the system temp dir). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from storage.blockstore import BlockStore
+from storage.car import export_car, import_car
+from storage.unixfs import CHUNK_SIZE, add_path, iter_file
+
+MB = 1_000_000
+
+
+def timed(label: str, size: int, results: dict[str, float], run) -> object:
+    start = time.perf_counter()
+    value = run()
+    seconds = time.perf_counter() - start
+    results[label] = round(size / seconds / MB, 1)
+    print(f"{label:<28} {results[label]:>9.1f} MB/s  ({seconds:.3f} s)")
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--dir", default=tempfile.gettempdir())
+    parser.add_argument("--fsync", action="store_true")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-storage-") as scratch:
+        work = Path(scratch)
+        source = work / "input.bin"
+        with open(source, "wb") as stream:
+            for _ in range(args.size_mib):
+                stream.write(os.urandom(CHUNK_SIZE))
+        chunks = [os.urandom(CHUNK_SIZE) for _ in range(min(args.size_mib, 64))]
+        timed("sha256 (hashlib, 1 MiB)", len(chunks) * CHUNK_SIZE, results,
+              lambda: [hashlib.sha256(chunk).digest() for chunk in chunks])
+        timed("add: chunk+hash+DAG", size, results, lambda: add_path(source, lambda b: None))
+        store = BlockStore(work / "store", quota_bytes=4 * size, fsync=args.fsync)
+        added = timed("add into block store", size, results,
+                      lambda: add_path(source, lambda b: store.put(b, hashed_here=True)))
+        root = added.root  # type: ignore[attr-defined]
+        timed("get: read file back", size, results,
+              lambda: sum(len(piece) for piece in iter_file(root, store.get)))
+        car = io.BytesIO()
+        timed("CAR export", size, results, lambda: export_car(car, [root], store.get))
+        store.close()
+        other = BlockStore(work / "store2", quota_bytes=4 * size, fsync=args.fsync)
+        car.seek(0)
+        timed("CAR import into store", size, results, lambda: import_car(car, other.put))
+        other.close()
+    results["add_over_sha256"] = round(results["add into block store"]
+                                       / results["sha256 (hashlib, 1 MiB)"], 3)
+    print(f"add into store / sha256 bound: {results['add_over_sha256']:.2f}")
+    record = {"benchmark": "storage", "size_mib": args.size_mib, "fsync": args.fsync,
+              "results_mb_per_s": results, "machine": platform.platform(),
+              "python": platform.python_version(), "cpus": os.cpu_count(),
+              "date": time.strftime("%Y-%m-%d")}
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""The block store: verified blocks as files, indexed in SQLite, pinned, quota'd, collected.
+
+Rules:
+1. A block is written to ``tmp/`` under a unique name, fsynced, renamed to
+   ``blocks/<xx>/<cid>`` (``xx`` = the first digest byte in hex: the CID string's leading
+   characters encode version and codec and are the same for every block, so the fan-out
+   uses the digest), and only then indexed. A crash leaves at worst a temp file (removed at
+   the next open) or a file without an index row (adopted by ``verify``); never a partial
+   block under a real name, since a rename is atomic.
+2. Checked before the write and after the read (paired assertions, STYLE.md): ``put``
+   refuses bytes that do not hash to their CID; ``get`` rehashes and quarantines a block
+   that the disk corrupted, then raises ``CorruptBlockError``.
+3. Pins are recursive and name roots: every block reachable from a pinned root *through
+   blocks present in the store* is pinned. Garbage collection removes only unpinned
+   blocks, least recently accessed first; it never removes a pinned one. The shell pins a
+   root before fetching it so the partial DAG is protected while it arrives.
+4. ``size_bytes`` never exceeds ``quota_bytes``: a ``put`` that would pass the quota first
+   collects unpinned blocks down to ``gc_low_watermark`` of the quota, and raises
+   ``QuotaExceededError`` if pinned data leaves no room.
+5. One process owns a store directory (an exclusive ``flock`` on ``lock``); within it, a
+   lock serialises the methods, so the shell may call them from worker threads. SQLite runs
+   in WAL mode with ``synchronous=NORMAL``: a power cut may lose the last index rows, never
+   a block file, and ``verify`` re-adopts such files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.cid import CODEC_DAG_PB, Cid
+from storage.dagpb import BLOCK_SIZE_MAX
+from storage.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    InvalidDataError,
+    LocalCommandError,
+    QuotaExceededError,
+    StorageError,
+)
+from storage.unixfs import DAG_BLOCKS_MAX, DAG_DEPTH_MAX, Block, links_of
+
+LS_LIMIT_MAX = 10_000
+GC_LOW_WATERMARK = 0.9
+"""An automatic collection frees down to 90% of the quota, so a store that runs full does
+not walk its pins again on every following ``put``."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    cid BLOB PRIMARY KEY, size INTEGER NOT NULL, last_access_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_by_access ON blocks (last_access_ms);
+CREATE TABLE IF NOT EXISTS pins (cid BLOB PRIMARY KEY, pinned_at_ms INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStatistics:
+    block_count: int
+    size_bytes: int
+    quota_bytes: int
+    pinned_root_count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GcReport:
+    removed_count: int
+    freed_bytes: int
+    pinned_count: int  # blocks found reachable from pins (kept)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    checked_count: int
+    corrupt: tuple[str, ...]  # file names quarantined (a CID string, or a stray name)
+    missing: tuple[Cid, ...]  # index rows whose file was gone (rows dropped)
+    adopted: tuple[Cid, ...]  # good files that had no index row (rows added)
+
+
+class BlockStore:
+    """Blocks under ``root`` (see the module rules); open one per directory per process."""
+
+    def __init__(self, root: str | Path, *, quota_bytes: int,
+                 clock_ms: Callable[[], int] = wall_clock_ms, fsync: bool = True,
+                 gc_low_watermark: float = GC_LOW_WATERMARK) -> None:
+        if quota_bytes < BLOCK_SIZE_MAX:
+            raise LocalCommandError(f"quota_bytes must be >= {BLOCK_SIZE_MAX} (one block)")
+        if not 0 < gc_low_watermark <= 1:
+            raise LocalCommandError("gc_low_watermark must be in (0, 1]")
+        self.root = Path(root)
+        self.quota_bytes = quota_bytes
+        self._clock_ms = clock_ms
+        self._fsync = fsync
+        self._low_watermark = gc_low_watermark
+        self._lock = threading.RLock()
+        self._names = itertools.count()
+        for sub in ("blocks", "tmp", "quarantine"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held while open
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise LocalCommandError(f"block store {self.root} is open in another process")\
+                from None
+        for stale in (self.root / "tmp").iterdir():  # rule 1: a crash left it half written
+            stale.unlink()
+        self._db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._size_bytes = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM blocks").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+            self._lock_file.close()
+
+    def __enter__(self) -> BlockStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- paths ------------------------------------------------------------------------
+
+    def _path(self, cid: Cid) -> Path:
+        return self.root / "blocks" / cid.digest[:1].hex() / str(cid)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def has(self, cid: Cid) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM blocks WHERE cid = ?",
+                                    (cid.to_bytes(),)).fetchone() is not None
+
+    def size_of(self, cid: Cid) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT size FROM blocks WHERE cid = ?",
+                                   (cid.to_bytes(),)).fetchone()
+            return None if row is None else row[0]
+
+    def get(self, cid: Cid) -> bytes:
+        """The block's bytes, rehashed (rule 2); records the access for the LRU order."""
+        with self._lock:
+            data = self._read(cid)
+            self._db.execute("UPDATE blocks SET last_access_ms = ? WHERE cid = ?",
+                             (self._clock_ms(), cid.to_bytes()))
+            return data
+
+    def _read(self, cid: Cid) -> bytes:
+        if not self.has(cid):
+            raise BlockNotFoundError(cid)
+        try:
+            data = self._path(cid).read_bytes()
+        except FileNotFoundError:
+            self._drop_row(cid)
+            raise BlockNotFoundError(cid) from None
+        if not cid.matches(data):
+            self._quarantine(self._path(cid))
+            self._drop_row(cid)
+            raise CorruptBlockError(cid, "stored block is corrupt; quarantined")
+        return data
+
+    def ls(self, *, after: Cid | None = None, limit: int = 1000) -> list[tuple[Cid, int]]:
+        """(cid, size) in CID byte order, ``limit`` at a time, resuming ``after`` a CID."""
+        limit = max(1, min(limit, LS_LIMIT_MAX))
+        start = after.to_bytes() if after else b""
+        with self._lock:
+            rows = self._db.execute("SELECT cid, size FROM blocks WHERE cid > ? ORDER BY cid "
+                                    "LIMIT ?", (start, limit)).fetchall()
+        return [(Cid.from_bytes(cid), size) for cid, size in rows]
+
+    def stat(self) -> StoreStatistics:
+        with self._lock:
+            count = self._db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
+            pins = self._db.execute("SELECT COUNT(*) FROM pins").fetchone()[0]
+            return StoreStatistics(block_count=count, size_bytes=self._size_bytes,
+                                   quota_bytes=self.quota_bytes, pinned_root_count=pins)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def put(self, block: Block, *, hashed_here: bool = False) -> bool:
+        """Store a block after checking it; True if it was new. See rules 1, 2 and 4.
+
+        ``hashed_here``: the caller computed the CID from these very bytes in this process
+        (``FileBuilder``), so the second hash would only double the cost of ``store add``;
+        ``get`` still rehashes on every read. Never set it for bytes from a peer or a file."""
+        data = block.data
+        if len(data) > BLOCK_SIZE_MAX:
+            raise InvalidDataError(f"block of {len(data)} bytes exceeds {BLOCK_SIZE_MAX}")
+        if not hashed_here and not block.cid.matches(data):
+            raise CorruptBlockError(block.cid)
+        with self._lock:
+            if self.has(block.cid):
+                return False
+            if self._size_bytes + len(data) > self.quota_bytes:
+                target = int(self.quota_bytes * self._low_watermark) - len(data)
+                self._collect(max(0, target))
+                if self._size_bytes + len(data) > self.quota_bytes:
+                    raise QuotaExceededError(
+                        f"no room for {len(data)} bytes: {self._size_bytes} of "
+                        f"{self.quota_bytes} bytes are pinned or in use")
+            self._write_file(block.cid, data)
+            self._db.execute("INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)",
+                             (block.cid.to_bytes(), len(data), self._clock_ms()))
+            self._size_bytes += len(data)
+            return True
+
+    def _write_file(self, cid: Cid, data: bytes) -> None:
+        final = self._path(cid)
+        temporary = self.root / "tmp" / f"{cid}.{os.getpid()}.{next(self._names)}"
+        with open(temporary, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            if self._fsync:
+                os.fsync(stream.fileno())
+        final.parent.mkdir(exist_ok=True)
+        os.replace(temporary, final)
+        if self._fsync:
+            directory = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def _drop_row(self, cid: Cid) -> None:
+        row = self._db.execute("DELETE FROM blocks WHERE cid = ? RETURNING size",
+                               (cid.to_bytes(),)).fetchone()
+        if row is not None:
+            self._size_bytes -= row[0]
+
+    def _quarantine(self, path: Path) -> None:
+        target = self.root / "quarantine" / f"{path.name}.{self._clock_ms()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, target)
+
+    # -- pins and garbage collection --------------------------------------------------
+
+    def pin(self, root: Cid) -> None:
+        """Pin ``root`` and, recursively, whatever of its DAG is (or comes to be) stored."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO pins (cid, pinned_at_ms) VALUES (?, ?)",
+                             (root.to_bytes(), self._clock_ms()))
+
+    def unpin(self, root: Cid) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM pins WHERE cid = ?", (root.to_bytes(),))
+            return cursor.rowcount > 0
+
+    def pins(self) -> list[Cid]:
+        with self._lock:
+            rows = self._db.execute("SELECT cid FROM pins ORDER BY cid").fetchall()
+        return [Cid.from_bytes(row[0]) for row in rows]
+
+    def _walk_present(self, root: Cid) -> Iterator[tuple[Cid, bool]]:
+        """(cid, present) for each distinct block of ``root``'s DAG reachable in the store."""
+        seen: set[Cid] = set()
+        stack = [(root, 0)]
+        while stack and len(seen) < DAG_BLOCKS_MAX:
+            cid, depth = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            present = self.has(cid)
+            yield cid, present
+            if present and cid.codec == CODEC_DAG_PB and depth < DAG_DEPTH_MAX:
+                try:
+                    children = links_of(cid, self._read(cid))
+                except StorageError:  # corrupt (now quarantined) or malformed: no children
+                    continue
+                stack.extend((child, depth + 1) for child in reversed(children))
+
+    def pinned_blocks(self) -> set[Cid]:
+        """Every stored block reachable from a pin (rule 3)."""
+        with self._lock:
+            pinned: set[Cid] = set()
+            for root in self.pins():
+                pinned.update(cid for cid, present in self._walk_present(root) if present)
+            return pinned
+
+    def missing_blocks(self, root: Cid, *, limit: int = 1024) -> list[Cid]:
+        """Blocks of ``root``'s DAG known to be missing (children of stored nodes first)."""
+        with self._lock:
+            missing = []
+            for cid, present in self._walk_present(root):
+                if not present:
+                    missing.append(cid)
+                    if len(missing) >= limit:
+                        break
+            return missing
+
+    def gc(self, target_bytes: int = 0) -> GcReport:
+        """Remove unpinned blocks, least recently accessed first, down to ``target_bytes``."""
+        with self._lock:
+            return self._collect(target_bytes)
+
+    def _collect(self, target_bytes: int) -> GcReport:
+        pinned = self.pinned_blocks()
+        removed = freed = 0
+        rows = self._db.execute("SELECT cid, size FROM blocks ORDER BY last_access_ms, cid"
+                                ).fetchall()
+        for raw, size in rows:
+            if self._size_bytes <= target_bytes:
+                break
+            cid = Cid.from_bytes(raw)
+            if cid in pinned:
+                continue
+            self._drop_row(cid)  # row first: a crash between leaves an orphan for verify
+            self._path(cid).unlink(missing_ok=True)
+            removed += 1
+            freed += size
+        return GcReport(removed_count=removed, freed_bytes=freed, pinned_count=len(pinned))
+
+    # -- verification -----------------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Rehash every block file; quarantine corrupt ones, adopt orphans, drop lost rows."""
+        with self._lock:
+            checked = 0
+            corrupt: list[str] = []
+            adopted: list[Cid] = []
+            for path in sorted((self.root / "blocks").glob("*/*")):
+                checked += 1
+                status = self._verify_file(path)
+                if status == "corrupt":
+                    corrupt.append(path.name)
+                elif status == "adopted":
+                    adopted.append(Cid.parse(path.name))
+            missing = []
+            for (raw,) in self._db.execute("SELECT cid FROM blocks").fetchall():
+                cid = Cid.from_bytes(raw)
+                if not self._path(cid).exists():
+                    missing.append(cid)
+            for cid in missing:
+                self._drop_row(cid)
+            return VerifyReport(checked_count=checked, corrupt=tuple(corrupt),
+                                missing=tuple(missing), adopted=tuple(adopted))
+
+    def _verify_file(self, path: Path) -> str:
+        try:
+            cid = Cid.parse(path.name)
+        except InvalidDataError:
+            self._quarantine(path)
+            return "corrupt"
+        data = path.read_bytes()
+        if path.parent.name != cid.digest[:1].hex() or not cid.matches(data) \
+                or len(data) > BLOCK_SIZE_MAX:
+            self._quarantine(path)
+            self._drop_row(cid)
+            return "corrupt"
+        if self.has(cid):
+            return "ok"
+        self._db.execute("INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)",
+                         (cid.to_bytes(), len(data), self._clock_ms()))
+        self._size_bytes += len(data)
+        return "adopted"

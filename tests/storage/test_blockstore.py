@@ -1,0 +1,230 @@
+"""The block store on real files and SQLite: atomic writes, pins, quota, GC, verify."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.blockstore import BlockStore
+from storage.cid import raw_cid
+from storage.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    LocalCommandError,
+    QuotaExceededError,
+)
+from storage.unixfs import Block, build_bytes, read_file
+from tests.storage.helpers import pattern
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_ms = 0
+
+    def __call__(self) -> int:
+        self.now_ms += 1
+        return self.now_ms
+
+
+def block(data: bytes) -> Block:
+    return Block(raw_cid(data), data)
+
+
+def open_store(path: Path, quota_bytes: int = 64 * MiB, **options) -> BlockStore:
+    return BlockStore(path, quota_bytes=quota_bytes, clock_ms=Clock(), fsync=False, **options)
+
+
+def test_put_get_has_stat_ls(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        blocks = [block(bytes([i]) * (i + 1)) for i in range(20)]
+        assert all(store.put(b) for b in blocks)
+        assert not store.put(blocks[0])
+        assert all(store.get(b.cid) == b.data for b in blocks)
+        assert store.stat().block_count == 20
+        assert store.stat().size_bytes == sum(len(b.data) for b in blocks)
+        first = store.ls(limit=7)
+        rest = store.ls(after=first[-1][0], limit=100)
+        assert sorted(c for c, _ in first + rest) == sorted(b.cid for b in blocks)
+        with pytest.raises(BlockNotFoundError):
+            store.get(raw_cid(b"absent"))
+        assert store.size_of(blocks[3].cid) == 4
+    with open_store(tmp_path) as again:  # the index and the files survive a reopen
+        assert again.get(blocks[5].cid) == blocks[5].data
+        assert again.stat().size_bytes == sum(len(b.data) for b in blocks)
+
+
+def test_put_refuses_bytes_that_are_not_the_cid(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        with pytest.raises(CorruptBlockError):
+            store.put(Block(raw_cid(b"a"), b"b"))
+        assert store.stat().block_count == 0
+
+
+def test_blocks_fan_out_by_digest_and_files_hold_exact_bytes(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        b = block(b"hello")
+        store.put(b)
+        path = tmp_path / "blocks" / b.cid.digest[:1].hex() / str(b.cid)
+        assert path.read_bytes() == b"hello"
+
+
+def test_a_second_process_cannot_open_the_same_store(tmp_path: Path) -> None:
+    with open_store(tmp_path):
+        code = ("import sys; from storage.blockstore import BlockStore\n"
+                "from storage.errors import LocalCommandError\n"
+                f"try: BlockStore({str(tmp_path)!r}, quota_bytes=1 << 30)\n"
+                "except LocalCommandError: sys.exit(7)\n")
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=30)
+        assert result.returncode == 7
+
+
+def test_a_temp_file_left_by_a_crash_is_never_visible_and_is_removed(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        store.put(block(b"kept"))
+    half = block(b"x" * 1000)
+    (tmp_path / "tmp" / f"{half.cid}.123.0").write_bytes(half.data[:300])
+    with open_store(tmp_path) as store:
+        assert not store.has(half.cid)
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert store.verify().corrupt == ()
+
+
+def test_corruption_on_disk_is_caught_on_read_and_by_verify(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        good, bad, gone = block(b"good"), block(b"bad" * 10), block(b"gone")
+        for b in (good, bad, gone):
+            store.put(b)
+        bad_path = tmp_path / "blocks" / bad.cid.digest[:1].hex() / str(bad.cid)
+        bad_path.write_bytes(b"rot" * 10)
+        (tmp_path / "blocks" / gone.cid.digest[:1].hex() / str(gone.cid)).unlink()
+        orphan = block(b"orphan")
+        orphan_path = tmp_path / "blocks" / orphan.cid.digest[:1].hex() / str(orphan.cid)
+        orphan_path.parent.mkdir(exist_ok=True)
+        orphan_path.write_bytes(b"orphan")
+        report = store.verify()
+        assert report.corrupt == (str(bad.cid),)
+        assert report.missing == (gone.cid,)
+        assert report.adopted == (orphan.cid,)
+        assert report.checked_count == 3
+        assert not bad_path.exists()
+        assert len(list((tmp_path / "quarantine").iterdir())) == 1
+        assert store.get(orphan.cid) == b"orphan"
+        assert store.stat().size_bytes == len(b"good") + len(b"orphan")
+        # a block rotting after verify is caught on read and quarantined too
+        good_path = tmp_path / "blocks" / good.cid.digest[:1].hex() / str(good.cid)
+        good_path.write_bytes(b"GOOD")
+        with pytest.raises(CorruptBlockError):
+            store.get(good.cid)
+        assert not store.has(good.cid)
+
+
+def _add(store: BlockStore, data: bytes, **options) -> tuple:
+    root, blocks = build_bytes(data, **options)
+    for b in blocks:
+        store.put(b)
+    return root, blocks
+
+
+def test_recursive_pins_protect_the_whole_dag_from_gc(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        pinned_root, pinned_blocks = _add(store, pattern(3000, "p"), chunk_size=100,
+                                          links_per_node_max=3)
+        loose_root, loose_blocks = _add(store, pattern(3000, "q"), chunk_size=100,
+                                        links_per_node_max=3)
+        store.pin(pinned_root)
+        report = store.gc()
+        assert report.removed_count == len(loose_blocks)
+        assert report.pinned_count == len(pinned_blocks)
+        assert read_file(pinned_root, store.get) == pattern(3000, "p")
+        assert not store.has(loose_root)
+        assert store.pins() == [pinned_root]
+        assert store.unpin(pinned_root)
+        store.gc()
+        assert store.stat().block_count == 0
+
+
+def test_missing_blocks_lists_what_a_partial_dag_lacks(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        root, blocks = build_bytes(pattern(1000, "m"), chunk_size=100, links_per_node_max=3)
+        leaves = [b for b in blocks if b.cid.codec == 0x55]
+        for b in blocks:
+            if b not in leaves[:2]:
+                store.put(b)
+        assert sorted(store.missing_blocks(root)) == sorted(b.cid for b in leaves[:2])
+        assert store.missing_blocks(raw_cid(b"nothing")) == [raw_cid(b"nothing")]
+
+
+def test_quota_collects_least_recently_used_unpinned_blocks_first(tmp_path: Path) -> None:
+    size = 256 * 1024
+    with open_store(tmp_path, quota_bytes=10 * size, gc_low_watermark=1.0) as store:
+        blocks = [block(bytes([i]) * size) for i in range(10)]
+        for b in blocks:
+            store.put(b)
+        store.pin(blocks[0].cid)
+        store.get(blocks[1].cid)  # recently used: kept over blocks 2..9
+        store.put(block(b"n" * size))
+        assert store.has(blocks[0].cid) and store.has(blocks[1].cid)
+        assert not store.has(blocks[2].cid)
+        assert store.stat().size_bytes <= store.quota_bytes
+
+
+def test_quota_full_of_pinned_blocks_refuses_new_ones(tmp_path: Path) -> None:
+    size = 1024 * 1024
+    with open_store(tmp_path, quota_bytes=2 * size + 10) as store:
+        for i in range(2):
+            b = block(bytes([i]) * size)
+            store.put(b)
+            store.pin(b.cid)
+        with pytest.raises(QuotaExceededError):
+            store.put(block(b"z" * size))
+        assert store.stat().block_count == 2
+
+
+def test_bad_quota_is_a_local_error(tmp_path: Path) -> None:
+    with pytest.raises(LocalCommandError):
+        BlockStore(tmp_path, quota_bytes=10)
+
+
+WRITER = """
+import os, sys
+from storage.blockstore import BlockStore
+from storage.cid import raw_cid
+from storage.unixfs import Block
+store = BlockStore(sys.argv[1], quota_bytes=1 << 34, fsync=True)
+print("ready", flush=True)
+i = int(sys.argv[2])
+while True:
+    data = i.to_bytes(8, "big") * 65536  # 512 KiB, distinct per i
+    store.put(Block(raw_cid(data), data))
+    i += 1
+"""
+
+
+def test_sigkill_mid_write_never_leaves_a_corrupt_block_under_a_real_name(tmp_path) -> None:
+    rng = random.Random(5)
+    for round_index in range(6):
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path),
+                                  str(round_index * 10_000)], cwd=ROOT,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.02, 0.15))  # kill at an arbitrary point of the loop
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+        child.stdout.close()
+        with BlockStore(tmp_path, quota_bytes=1 << 34) as store:
+            report = store.verify()
+            assert report.corrupt == ()
+            for cid, _ in store.ls(limit=10_000):
+                assert cid.matches(store.get(cid))
+    files = list((tmp_path / "blocks").glob("*/*"))
+    assert files, "the writer never wrote a block: the test would prove nothing"
