@@ -236,6 +236,13 @@ class Lookup:
         if record.body.key == self.key and better:
             self._record = record
 
+    def add_local_providers(self, providers: tuple[PeerInfo, ...]) -> None:
+        """Offer the provider records we store ourselves (we may be one of the k closest)."""
+        self._require(LookupEvent.RESPONSE)
+        for provider in providers:
+            if len(self._providers) < self.providers_max:
+                self._providers.setdefault(provider.peer_id, provider)
+
     def on_deadline(self) -> None:
         self._transition(LookupEvent.DEADLINE)
 

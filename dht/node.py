@@ -387,6 +387,9 @@ class DhtNode:
             local = self.records.get(key, now_ms)
             if local is not None:
                 lookup.add_local_record(local)
+        elif kind is LookupKind.GET_PROVIDERS:
+            lookup.add_local_providers(
+                tuple(self.providers.get(key, now_ms, config.providers_max)))
         lookup_id = self._next_lookup_id
         self._next_lookup_id += 1
         entry = _LookupTask(lookup=lookup, task=task, command_id=command_id, record=record)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from prsm_node import __version__
+from prsm_node.cli_store import store_app
 from prsm_node.errors import UserError
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ devnet_app = typer.Typer(help="Run a local network of nodes on 127.0.0.1.", no_a
 app.add_typer(devnet_app, name="devnet")
 dht_app = typer.Typer(help="Query and publish in the Kademlia DHT.", no_args_is_help=True)
 app.add_typer(dht_app, name="dht")
+app.add_typer(store_app, name="store")
 
 DataDirOption = Annotated[
     Path | None,

@@ -150,6 +150,9 @@ class LogConfig:
     file_count_max: int = _key("rotated log files kept", 5, _between(1, 100))
 
 
+STORAGE_FRAME_SIZE_MIN = 1024 * 1024 + 4096
+"""A block reply frame: a 1 MiB block, its CID and the message and wire envelopes."""
+
 _DHT = DhtConfig()  # defaults and relations come from the core (dht/node_effects.py)
 
 
@@ -201,12 +204,90 @@ class DhtSection:
         return replace(_DHT, **{item.name: getattr(self, item.name) for item in fields(self)})
 
 
+def _http_url_or_empty(value: str) -> str | None:
+    if value == "" or value.startswith(("http://", "https://")):
+        return None
+    return "must be empty (off) or an http:// or https:// URL"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StorageSection:
+    quota_bytes: int = _key(
+        "bytes of blocks kept in <data_dir>/blocks; unpinned blocks are collected past it",
+        10 * 1024**3,
+        _between(1024 * 1024, 2**50),
+    )
+    fsync: bool = _key("fsync every block before it gets its name (crash safety)", True)
+    replicate: bool = _key("accept replication offers: fetch and pin others' roots", False)
+    replication_factor: int = _key(
+        "holders wanted for each root this node pins; fewer makes it offer the root",
+        3,
+        _between(1, 64),
+    )
+    replication_interval_ms: int = _key(
+        "how often pinned roots are checked against their provider count", 60000, _positive
+    )
+    replication_roots_max: int = _key(
+        "pinned roots checked per replication round", 256, _between(1, 65536)
+    )
+    replication_queue_max: int = _key(
+        "accepted replication offers waiting to be fetched; more are refused",
+        16,
+        _between(1, 1024),
+    )
+    upload_peer_bytes_per_s: int = _key(
+        "blocks served to one peer per second (token bucket)", 64 * 1024**2, _positive
+    )
+    upload_total_bytes_per_s: int = _key(
+        "blocks served to all peers together per second", 256 * 1024**2, _positive
+    )
+    upload_burst_bytes: int = _key(
+        "burst of each upload bucket", 8 * 1024 * 1024, _between(1024 * 1024, 2**40)
+    )
+    download_peer_bytes_per_s: int = _key(
+        "blocks fetched from one provider per second", 64 * 1024**2, _positive
+    )
+    download_total_bytes_per_s: int = _key(
+        "blocks fetched from all providers together per second", 256 * 1024**2, _positive
+    )
+    download_burst_bytes: int = _key(
+        "burst of each download bucket", 16 * 1024 * 1024, _between(1024 * 1024, 2**40)
+    )
+    in_flight_per_peer_max: int = _key(
+        "blocks requested from one provider and not yet answered (<= 64)", 8, _between(1, 64)
+    )
+    providers_max: int = _key("providers one fetch pulls from at once", 32, _between(1, 1024))
+    provider_lookups_max: int = _key(
+        "DHT provider lookups one fetch makes before it gives up", 3, _between(1, 100)
+    )
+    request_timeout_ms: int = _key(
+        "a block request unanswered this long is a strike against the provider",
+        30000,
+        _positive,
+    )
+    strikes_max: int = _key(
+        "strikes before a provider is retired from a fetch", 3, _between(1, 100)
+    )
+    fetches_max: int = _key("fetches running at once; more are refused", 8, _between(1, 256))
+    operations_max: int = _key(
+        "add/get progress entries kept for store_progress", 64, _between(1, 4096)
+    )
+    kubo_api: str = _key(
+        "Kubo HTTP RPC base URL (e.g. http://127.0.0.1:5001) that also gets every block; "
+        "empty: off",
+        "",
+        _http_url_or_empty,
+    )
+    kubo_timeout_ms: int = _key("one Kubo block/put call fails after this", 10000, _positive)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dht: DhtSection = field(default_factory=DhtSection)
+    storage: StorageSection = field(default_factory=StorageSection)
 
 
 SECTION_DOCS = {
@@ -214,6 +295,7 @@ SECTION_DOCS = {
     "control": "the JSON-RPC control socket <data_dir>/node.sock",
     "log": "structured logs: JSON lines in <data_dir>/logs/, readable lines on stderr",
     "dht": "Kademlia DHT /prsm/kad/1.0.0 (times in ms, sizes in bytes)",
+    "storage": "content-addressed block store and /prsm/blocks/1.0.0 (times in ms, sizes in bytes)",
 }
 
 
@@ -257,6 +339,12 @@ def _check_relations(config: NodeConfig, file: Path | str) -> None:
         )
     if len(network.bootstrap) > network.known_peers_max:
         raise ConfigError(file, "network.bootstrap", "more entries than network.known_peers_max")
+    if network.frame_size_max < STORAGE_FRAME_SIZE_MIN:
+        raise ConfigError(
+            file,
+            "network.frame_size_max",
+            f"must be at least {STORAGE_FRAME_SIZE_MIN} to carry one 1 MiB block",
+        )
     try:
         config.dht.core_config()
     except ValueError as error:

@@ -34,6 +34,9 @@ from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
 from prsm_node.node_api import register_node_methods
+from prsm_node.storage_api import register_storage_methods
+from prsm_node.storage_replication import Replicator
+from prsm_node.storage_service import StorageService
 
 log = structlog.get_logger(__name__)
 
@@ -122,8 +125,20 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
         dispatcher = Dispatcher()
         register_node_methods(dispatcher, context)
         register_dht_methods(dispatcher, dht)
+        storage = StorageService(
+            config=config.storage,
+            network=network,
+            data_dir=data_dir.root,
+            wire=wire,
+            peers=peers,
+            host=host,
+            dht=dht,
+        )
+        replicator = Replicator(storage, wire)
+        register_storage_methods(dispatcher, storage, replicator)
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(_stop_on_request, context.shutdown_requested, nursery.cancel_scope)
+        await nursery.start(storage.run)  # the block store is open before anyone can call
         await nursery.start(
             partial(
                 serve_control,
@@ -134,6 +149,7 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
             )
         )
         await nursery.start(dht.run)
+        await nursery.start(replicator.run)
         await nursery.start(peers.run, receive_events)
         log.info(
             "node.started",

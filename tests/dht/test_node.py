@@ -301,3 +301,29 @@ def test_find_node_request_returns_k_closest_excluding_the_requester() -> None:
     assert info(3) not in response.closer
     expected = [p for p in node.table.closest(77, 21) if p != info(3)][:20]
     assert list(response.closer) == expected
+
+
+def test_get_providers_includes_the_provider_records_we_store_ourselves() -> None:
+    node = make_node(0)
+    key = b"content-key"
+    provider = info(7)
+    add = Request(request_id=1, kind=MessageKind.ADD_PROVIDER, key=key, provider=provider)
+    node.handle(0, FrameReceived(peer=provider, frame=request_frame(add)))
+    effects = node.handle(1, GetProviders(command_id=5, key=key))
+    # The lookup may also ask peers; with only the provider in our table it asks it, and
+    # even before any answer our own stored record must be part of the result.
+    for effect in effects:
+        if isinstance(effect, SendRequest):
+            node.handle(2, RequestFailed(request_id=effect.message.request_id))
+    finished = [e for e in node.handle(10_000_000, TimerFired(timer=_deadline_of(effects)))
+                if isinstance(e, CommandFinished)]
+    finished += [e for e in effects if isinstance(e, CommandFinished)]
+    results = [f.result for f in finished if f.command_id == 5]
+    assert results and isinstance(results[0], LookupResult)
+    assert provider.peer_id in [p.peer_id for p in results[0].providers]
+
+
+def _deadline_of(effects: list) -> object:
+    timers = [e.timer for e in effects if isinstance(e, SetTimer)
+              and e.timer.kind is TimerKind.LOOKUP_DEADLINE]
+    return timers[0]

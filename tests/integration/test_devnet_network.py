@@ -171,9 +171,7 @@ def test_devnet_commands_start_and_stop_every_node(short_dir: Path) -> None:
         printed = "".join(lines)
         assert all(node.peer_id in printed and str(node.socket_path) in printed for node in nodes)
         devnet = Devnet(nodes)
-        wait_for(
-            lambda: len(devnet.call(2, "peers_list")["peers"]) == 2, 30, "node2 meeting both"
-        )
+        wait_for(lambda: len(devnet.call(2, "peers_list")["peers"]) == 2, 30, "node2 meeting both")
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
     finally:

@@ -1,0 +1,274 @@
+"""One fetch: drives the pure ``storage.exchange.FetchSession`` over ``/prsm/blocks/1.0.0``.
+
+The core decides which block goes to which provider, verifies every block against its CID,
+blames liars and retires silent peers; this shell performs its effects:
+- ReadLocal / StoreBlock: answered against the block store *in a worker thread*, together
+  with the ``handle`` call that produced them, because the core hashes every received
+  block (1 MiB of sha256) and the store reads, hashes and fsyncs files: none of that runs
+  on the event loop. Only this driver task calls the core, one step at a time.
+- SendWant: one wire request per CID (the wire answers each request with one frame capped
+  at ``network.frame_size_max``, and a reply of eight 1 MiB blocks would not fit); the
+  requests share the peer's long-lived stream, so they pipeline. Answers come back as
+  FrameReceived, failures as RequestFailed.
+- SetTimer: a heap served by the driver loop. DropPeer: the peer is scored down
+  (``peers.penalise``) when the core blames it, and never re-added to this fetch.
+- NeedProviders: another DHT provider lookup, at most ``provider_lookups_max`` per fetch;
+  after the last one finds nobody new the fetch is cancelled with a reason.
+
+Inputs reach the driver through one bounded channel; the driver drains it into one batch
+per step (TigerStyle: run at your own pace). A peer whose requests fail
+``PEER_FAILURES_MAX`` times in a row (killed, disconnected) leaves the session
+(ProviderRemoved): otherwise its instant failures would win every scheduling round.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from storage import exchange as ex
+from storage.blockstore import BlockStore
+from storage.cid import CODEC_DAG_PB, Cid
+from storage.errors import CorruptBlockError, LocalCommandError, StorageError
+from storage.exchange_messages import WANTS_PER_MESSAGE_MAX, WantBlocks, encode_message
+from storage.unixfs import Block
+
+log = structlog.get_logger(__name__)
+
+BLOCKS_PROTOCOL = "/prsm/blocks/1.0.0"
+PEER_FAILURES_MAX = 3
+EVENTS_PER_STEP_MAX = 128
+PROVIDER_RETRY_S = 1.0
+"""Pause before looking up providers again after a lookup found nobody new."""
+
+Provider = tuple[str, tuple[str, ...]]  # (peer id, addresses)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchNetwork:
+    """What a fetch needs from the node: each call may block and raises nothing."""
+
+    request: Callable[[str, bytes], Awaitable[Any | None]]  # wire answer, None on failure
+    find_providers: Callable[[Cid], Awaitable[list[Provider]]]
+    connect: Callable[[str, tuple[str, ...]], Awaitable[bool]]
+    penalise: Callable[[str, str], None]
+    own_peer_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchOutcome:
+    root: Cid
+    complete: bool
+    reason: str
+    statistics: ex.SessionStatistics
+    bytes_by_peer: dict[str, int]  # answer bytes from each provider, dropped ones included
+    duration_ms: int
+
+
+def _now_ms() -> int:
+    return int(trio.current_time() * 1000)
+
+
+class FetchDriver:
+    """Fetch the DAG under ``root`` into ``store`` (module header)."""
+
+    def __init__(
+        self,
+        *,
+        root: Cid,
+        store: BlockStore,
+        put: Callable[[Block], bool],
+        session_config: ex.SessionConfig,
+        network: FetchNetwork,
+        provider_lookups_max: int,
+        hints: tuple[Provider, ...] = (),
+    ) -> None:
+        self.root = root
+        self._store = store
+        self._put = put
+        self._session = ex.FetchSession(root, session_config)
+        self._network = network
+        self._lookups_max = provider_lookups_max
+        self._hints = hints
+        capacity = session_config.peers_max * session_config.in_flight_per_peer_max + 64
+        self._send, self._receive = trio.open_memory_channel[ex.Input](capacity)
+        self._timers: list[tuple[int, int, tuple[str, int]]] = []
+        self._timer_order = itertools.count()
+        self._added: set[str] = set()
+        self._excluded: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._stalled = False
+        self._need_providers = trio.Event()
+        self._finished: ex.Finished | None = None
+        self.bytes_by_peer: dict[str, int] = {}
+        self.statistics = self._session.statistics()
+
+    async def run(self) -> FetchOutcome:
+        started = _now_ms()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._step([ex.Start()])
+            nursery.start_soon(self._provider_loop)
+            while self._session.state is ex.SessionState.ACTIVE:
+                await self._step(await self._next_events())
+            nursery.cancel_scope.cancel()
+        finished = self._finished
+        assert finished is not None, "a session ends with Finished"
+        return FetchOutcome(
+            root=self.root,
+            complete=finished.complete,
+            reason=finished.reason,
+            statistics=self.statistics,
+            bytes_by_peer=dict(self.bytes_by_peer),
+            duration_ms=_now_ms() - started,
+        )
+
+    # -- one step: the core and the disk in a worker thread ---------------------------
+
+    async def _step(self, events: list[ex.Input]) -> None:
+        effects = await trio.to_thread.run_sync(self._step_sync, _now_ms(), events)
+        for effect in effects:
+            self._perform(effect)
+
+    def _step_sync(self, now_ms: int, events: list[ex.Input]) -> list[ex.Effect]:
+        """Feed ``events``; answer ReadLocal and StoreBlock here; return the rest."""
+        pending = list(events)
+        remaining: list[ex.Effect] = []
+        while pending:
+            for effect in self._session.handle(now_ms, pending.pop(0)):
+                if isinstance(effect, ex.ReadLocal):
+                    pending.append(self._read_local(effect.cids))
+                elif isinstance(effect, ex.StoreBlock):
+                    try:
+                        self._put(effect.block)
+                    except LocalCommandError as error:  # the quota is full of pinned data
+                        pending.append(ex.Cancel(reason=f"cannot store a block: {error}"))
+                else:
+                    remaining.append(effect)
+        self.statistics = self._session.statistics()
+        return remaining
+
+    def _read_local(self, cids: tuple[Cid, ...]) -> ex.LocalBlocks:
+        found: list[tuple[Cid, bytes | None]] = []
+        missing: list[Cid] = []
+        for cid in cids:
+            if not self._store.has(cid):
+                missing.append(cid)
+            elif cid.codec != CODEC_DAG_PB:
+                found.append((cid, None))
+            else:
+                try:
+                    found.append((cid, self._store.get(cid)))
+                except (CorruptBlockError, StorageError):  # quarantined or gone: fetch it
+                    missing.append(cid)
+        return ex.LocalBlocks(found=tuple(found), missing=tuple(missing))
+
+    def _perform(self, effect: ex.Effect) -> None:
+        if isinstance(effect, ex.SendWant):
+            peer = effect.peer.decode()
+            for cid in effect.message.cids:
+                self._nursery.start_soon(self._request, peer, effect.message.request_id, cid)
+        elif isinstance(effect, ex.SetTimer):
+            heapq.heappush(self._timers, (effect.at_ms, next(self._timer_order), effect.timer))
+        elif isinstance(effect, ex.DropPeer):
+            peer = effect.peer.decode()
+            self._excluded.add(peer)
+            if effect.error is not None:
+                self._network.penalise(peer, f"blocks: {effect.reason}")
+            log.warning(
+                "storage.fetch_peer_dropped",
+                root=str(self.root),
+                peer=peer,
+                reason=effect.reason,
+                blamed=effect.error is not None,
+            )
+        elif isinstance(effect, ex.NeedProviders):
+            self._stalled = True
+            self._need_providers.set()
+        elif isinstance(effect, ex.Finished):
+            self._finished = effect
+
+    # -- inputs -----------------------------------------------------------------------
+
+    async def _next_events(self) -> list[ex.Input]:
+        deadline = self._timers[0][0] / 1000 if self._timers else math.inf
+        events: list[ex.Input] = []
+        with trio.move_on_at(deadline):
+            events.append(await self._receive.receive())
+        now = _now_ms()
+        while self._timers and self._timers[0][0] <= now:
+            events.append(ex.TimerFired(timer=heapq.heappop(self._timers)[2]))
+        while len(events) < EVENTS_PER_STEP_MAX:
+            try:
+                events.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        return events
+
+    async def _request(self, peer: str, request_id: int, cid: Cid) -> None:
+        want = encode_message(WantBlocks(request_id=request_id, cids=(cid,)))
+        answer = await self._network.request(peer, want)
+        frames = _frames_of(answer)
+        if answer is not None and frames is None:
+            self._network.penalise(peer, "blocks: the answer is not a list of frames")
+        if not frames:
+            await self._request_failed(peer, request_id)
+            return
+        self._failures.pop(peer, None)
+        self.bytes_by_peer[peer] = self.bytes_by_peer.get(peer, 0) + sum(map(len, frames))
+        for frame in frames:
+            await self._send.send(ex.FrameReceived(peer=peer.encode(), frame=frame))
+
+    async def _request_failed(self, peer: str, request_id: int) -> None:
+        await self._send.send(ex.RequestFailed(peer=peer.encode(), request_id=request_id))
+        self._failures[peer] = self._failures.get(peer, 0) + 1
+        if self._failures[peer] == PEER_FAILURES_MAX and peer not in self._excluded:
+            self._excluded.add(peer)
+            log.info("storage.fetch_peer_unreachable", root=str(self.root), peer=peer)
+            await self._send.send(ex.ProviderRemoved(peer=peer.encode()))
+
+    # -- providers --------------------------------------------------------------------
+
+    async def _provider_loop(self) -> None:
+        """Hints first, then up to ``provider_lookups_max`` DHT lookups (module header)."""
+        await self._add_providers(list(self._hints))
+        for lookup in range(self._lookups_max):
+            if lookup > 0:
+                await self._need_providers.wait()
+            self._need_providers = trio.Event()
+            added = await self._add_providers(await self._network.find_providers(self.root))
+            if added == 0 and self._stalled:
+                await trio.sleep(PROVIDER_RETRY_S)
+                self._need_providers.set()
+        await self._need_providers.wait()
+        reason = f"no reachable provider has the missing blocks ({self._lookups_max} lookups)"
+        await self._send.send(ex.Cancel(reason=reason))
+
+    async def _add_providers(self, providers: list[Provider]) -> int:
+        added = 0
+        for peer, addrs in providers:
+            if peer == self._network.own_peer_id or peer in self._added or peer in self._excluded:
+                continue
+            if not await self._network.connect(peer, addrs):
+                continue
+            self._added.add(peer)
+            self._stalled = False
+            added += 1
+            await self._send.send(ex.ProviderAdded(peer=peer.encode()))
+        return added
+
+
+def _frames_of(answer: Any) -> list[bytes] | None:
+    """The frames of a wire answer: a list of byte strings, bounded; None if malformed."""
+    if not isinstance(answer, list) or len(answer) > WANTS_PER_MESSAGE_MAX + 1:
+        return None
+    if not all(isinstance(frame, bytes) for frame in answer):
+        return None
+    return answer
