@@ -27,6 +27,7 @@ from storage.car import export_car, import_car
 from storage.unixfs import CHUNK_SIZE, add_path, iter_file
 
 MB = 1_000_000
+SHA256 = "sha256 (hashlib, 1 MiB)"
 
 
 def timed(label: str, size: int, results: dict[str, float], run) -> object:
@@ -38,6 +39,54 @@ def timed(label: str, size: int, results: dict[str, float], run) -> object:
     return value
 
 
+def sha256_mb_per_s(results: dict[str, float]) -> float:
+    """hashlib's sha256 over 64 MiB of 1 MiB chunks (one core), best of 3: the bound."""
+    chunks = [os.urandom(CHUNK_SIZE) for _ in range(64)]
+    best: dict[str, float] = {}
+    for _ in range(3):
+        timed(
+            SHA256,
+            len(chunks) * CHUNK_SIZE,
+            best,
+            lambda: [hashlib.sha256(chunk).digest() for chunk in chunks],
+        )
+        results[SHA256] = max(results.get(SHA256, 0.0), best[SHA256])
+    return results[SHA256]
+
+
+def local_figures(source: Path, work: Path, *, fsync: bool) -> dict[str, float]:
+    """sha256, add (without and into a block store), get, CAR export and import of
+    ``source``, measured now, in this process, one after the other; MB/s by label."""
+    size = source.stat().st_size
+    results: dict[str, float] = {}
+    sha256_mb_per_s(results)
+    timed("add: chunk+hash+DAG", size, results, lambda: add_path(source, lambda b: None))
+    store = BlockStore(work / "store", quota_bytes=4 * size, fsync=fsync)
+    added = timed(
+        "add into block store",
+        size,
+        results,
+        lambda: add_path(source, lambda b: store.put(b, hashed_here=True)),
+    )
+    root = added.root  # type: ignore[attr-defined]
+    timed(
+        "get: read file back",
+        size,
+        results,
+        lambda: sum(len(piece) for piece in iter_file(root, store.get)),
+    )
+    car = io.BytesIO()
+    timed("CAR export", size, results, lambda: export_car(car, [root], store.get))
+    store.close()
+    other = BlockStore(work / "store2", quota_bytes=4 * size, fsync=fsync)
+    car.seek(0)
+    timed("CAR import into store", size, results, lambda: import_car(car, other.put))
+    other.close()
+    results["add_over_sha256"] = round(results["add into block store"] / results[SHA256], 3)
+    print(f"add into store / sha256 bound: {results['add_over_sha256']:.2f}")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=64)
@@ -45,38 +94,23 @@ def main() -> None:
     parser.add_argument("--fsync", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
-    results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-storage-") as scratch:
         work = Path(scratch)
         source = work / "input.bin"
         with open(source, "wb") as stream:
             for _ in range(args.size_mib):
                 stream.write(os.urandom(CHUNK_SIZE))
-        chunks = [os.urandom(CHUNK_SIZE) for _ in range(min(args.size_mib, 64))]
-        timed("sha256 (hashlib, 1 MiB)", len(chunks) * CHUNK_SIZE, results,
-              lambda: [hashlib.sha256(chunk).digest() for chunk in chunks])
-        timed("add: chunk+hash+DAG", size, results, lambda: add_path(source, lambda b: None))
-        store = BlockStore(work / "store", quota_bytes=4 * size, fsync=args.fsync)
-        added = timed("add into block store", size, results,
-                      lambda: add_path(source, lambda b: store.put(b, hashed_here=True)))
-        root = added.root  # type: ignore[attr-defined]
-        timed("get: read file back", size, results,
-              lambda: sum(len(piece) for piece in iter_file(root, store.get)))
-        car = io.BytesIO()
-        timed("CAR export", size, results, lambda: export_car(car, [root], store.get))
-        store.close()
-        other = BlockStore(work / "store2", quota_bytes=4 * size, fsync=args.fsync)
-        car.seek(0)
-        timed("CAR import into store", size, results, lambda: import_car(car, other.put))
-        other.close()
-    results["add_over_sha256"] = round(results["add into block store"]
-                                       / results["sha256 (hashlib, 1 MiB)"], 3)
-    print(f"add into store / sha256 bound: {results['add_over_sha256']:.2f}")
-    record = {"benchmark": "storage", "size_mib": args.size_mib, "fsync": args.fsync,
-              "results_mb_per_s": results, "machine": platform.platform(),
-              "python": platform.python_version(), "cpus": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d")}
+        results = local_figures(source, work, fsync=args.fsync)
+    record = {
+        "benchmark": "storage",
+        "size_mib": args.size_mib,
+        "fsync": args.fsync,
+        "results_mb_per_s": results,
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
 

@@ -1,42 +1,170 @@
 """Benchmark: peer-to-peer block exchange between real `prsm-node run` processes on 127.0.0.1.
 
 Run: ``python benchmarks/bench_storage_network.py --out bench-storage-network.json``
-(64 MiB by default, ``--size-mib N`` to change). Starts a devnet of 4 nodes with default
-settings (fsync on), then measures:
-- ``store add`` through the CLI on node0 (a fresh interpreter, as a user runs it);
-- node1 fetching the file from 1 provider (node0), node2 from 2, node3 from 3 at once;
-- the machine's raw sha256 throughput, in the same run, as the hashing bound.
-Each fetch's figure is the node's own fetch duration (``duration_ms``: provider lookup,
-transfer, verification and storage, not writing the output file). Asserts nothing.
+(100 MB = 100 * 10**6 bytes by default, ``--size-mb N`` to change). In one run, one after
+the other on the same machine, it measures:
+- sha256 (hashlib, one core), local ``add`` into a block store and ``get`` back, fsync on
+  as the node's default (``bench_storage.local_figures``), on the same file;
+- the raw throughput of ONE py-libp2p stream between two processes on 127.0.0.1, each with
+  a host from ``prsm_node.net.host.build_host`` (TCP + Noise + Yamux, as the node): the
+  sender writes the file's size in 1 MiB writes, the receiver reads it all and answers 8
+  bytes; the figure is first write to answer;
+- a devnet of 4 nodes with default settings (fsync on): ``store add`` through the CLI on
+  node0 (a fresh interpreter, as a user runs it), then node1 fetching the file from 1
+  provider (node0), node2 from 2, node3 from 3 at once. Each fetch's figure is the node's
+  own fetch duration (``duration_ms``: provider lookup, transfer, verification and storage,
+  not writing the output file).
+``--no-fsync`` sets ``storage.fsync = false`` on the nodes (the local figures are
+measured both ways in every run). ``--profile`` runs node3 under cProfile (its main
+thread: the event loop; worker threads are not seen) and prints its top functions; the
+profile slows node3, so do not record the figures of a profiled run. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import io
 import json
 import os
 import platform
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_storage import local_figures
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 
 MB = 1_000_000
+MIB = 1024 * 1024
 NODES = 4
+RAW_PROTOCOL = "/prsm/bench-raw-stream/1.0.0"
+RAW_DEADLINE_S = 300
 
 
-def sha256_mb_per_s(size: int) -> float:
-    data = os.urandom(16 * 1024 * 1024)
-    start = time.perf_counter()
-    for _ in range(max(1, size // len(data))):
-        hashlib.sha256(data).digest()
-    return max(1, size // len(data)) * len(data) / (time.perf_counter() - start) / MB
+# -- one raw py-libp2p stream: two processes running this file with --raw-role ---------
+
+
+async def _read_exactly(stream, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = await stream.read(count - len(data))
+        if not chunk:
+            raise EOFError(f"stream closed after {len(data)} of {count} bytes")
+        data += chunk
+    return data
+
+
+def _raw_host():
+    import trio
+    from nacl.signing import SigningKey
+
+    from prsm_node.config import NetworkConfig
+    from prsm_node.net.host import build_host
+
+    events, _ = trio.open_memory_channel(1024)  # a handful of connection events at most
+    network = replace(NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
+    return build_host(bytes(SigningKey.generate()), network, events)
+
+
+async def _raw_receive() -> None:
+    import trio
+    from libp2p.custom_types import TProtocol
+    from multiaddr import Multiaddr
+
+    host = _raw_host()
+    done = trio.Event()
+
+    async def serve(stream) -> None:
+        total = int.from_bytes(await _read_exactly(stream, 8), "big")
+        received = 0
+        while received < total:
+            chunk = await stream.read(min(total - received, MIB))
+            if not chunk:
+                break
+            received += len(chunk)
+        await stream.write(received.to_bytes(8, "big"))
+        await stream.close()
+        done.set()
+
+    async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        host.set_stream_handler(TProtocol(RAW_PROTOCOL), serve)
+        print(f"{host.get_addrs()[0]}/p2p/{host.get_id()}", flush=True)
+        with trio.fail_after(RAW_DEADLINE_S):
+            await done.wait()
+        await trio.sleep(0.2)  # let the answer leave before the host closes
+
+
+async def _raw_send(address: str, size: int) -> None:
+    import trio
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+    from multiaddr import Multiaddr
+
+    from prsm_node.net.host import dial
+
+    host = _raw_host()
+    payload = os.urandom(MIB)
+    async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        with trio.fail_after(RAW_DEADLINE_S):
+            peer = await dial(host, address)
+            stream = await host.new_stream(ID.from_base58(peer), [TProtocol(RAW_PROTOCOL)])
+            start = time.perf_counter()
+            await stream.write(size.to_bytes(8, "big"))
+            sent = 0
+            while sent < size:
+                piece = payload if size - sent >= MIB else payload[: size - sent]
+                await stream.write(piece)
+                sent += len(piece)
+            received = int.from_bytes(await _read_exactly(stream, 8), "big")
+            seconds = time.perf_counter() - start
+    print(json.dumps({"bytes": received, "seconds": seconds}), flush=True)
+
+
+def raw_stream_mb_per_s(size: int) -> tuple[float, float]:
+    """(MB/s, seconds) of one py-libp2p stream between two fresh processes."""
+    script = str(Path(__file__).resolve())
+    receiver = subprocess.Popen(
+        [sys.executable, script, "--raw-role", "receive"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert receiver.stdout is not None
+        address = receiver.stdout.readline().strip()
+        sender = subprocess.run(
+            [
+                sys.executable,
+                script,
+                "--raw-role",
+                "send",
+                "--raw-address",
+                address,
+                "--size-mb",
+                str(size / MB),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=RAW_DEADLINE_S + 30,
+        )
+        receiver.wait(timeout=30)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.wait()
+        if receiver.stdout is not None:
+            receiver.stdout.close()
+    figures = json.loads(sender.stdout.strip().splitlines()[-1])
+    if figures["bytes"] != size:
+        raise RuntimeError(f"raw stream delivered {figures['bytes']} of {size} bytes")
+    return size / figures["seconds"] / MB, figures["seconds"]
+
+
+# -- the devnet ---------------------------------------------------------------------------
 
 
 def cli_add(devnet: Devnet, path: Path) -> tuple[str, float]:
@@ -65,53 +193,175 @@ def fetch(devnet: Devnet, index: int, cid: str) -> dict:
         return client.call("store_get", {"cid": cid})
 
 
+def cpu_seconds(devnet: Devnet) -> list[float]:
+    """user + system CPU seconds used so far by each node process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = []
+    for index in range(NODES):
+        pid = devnet._processes[index].pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used.append((int(fields[11]) + int(fields[12])) / tick)
+    return used
+
+
+def set_fsync(devnet: Devnet, fsync: bool) -> None:
+    from prsm_node.config import load_config, render_toml
+    from prsm_node.datadir import DataDir
+
+    for node in devnet.nodes:
+        path = DataDir(node.data_dir).config_file
+        config = load_config(path)
+        path.write_text(render_toml(replace(config, storage=replace(config.storage, fsync=fsync))))
+
+
+def write_source(path: Path, size: int) -> None:
+    with open(path, "wb") as stream:
+        for offset in range(0, size, MIB):
+            stream.write(os.urandom(min(MIB, size - offset)))
+
+
+def start_devnet(devnet: Devnet, *, profile: Path | None) -> None:
+    for index in range(NODES):
+        if profile is not None and index == NODES - 1:
+            devnet.start_profiled(index, profile)
+        else:
+            devnet.start(index)
+    for index in range(NODES):
+        devnet.wait_ready(index)
+    for index in range(NODES):
+        wait_for(
+            lambda i=index: devnet.call(i, "dht_table")["peers_total"] >= NODES - 1,
+            60,
+            f"node{index} DHT table",
+        )
+
+
+class ProfiledDevnet(Devnet):
+    """A devnet whose node can run under ``python -m cProfile`` (written at a clean stop)."""
+
+    def start_profiled(self, index: int, profile: Path):
+        saved = self._extra_args
+        node = self.nodes[index]
+        output = open(node.data_dir / "logs" / "process.log", "ab")  # noqa: SIM115
+        command = [
+            sys.executable,
+            "-m",
+            "cProfile",
+            "-o",
+            str(profile),
+            "-m",
+            "prsm_node",
+            "run",
+            "--data-dir",
+            str(node.data_dir),
+        ]
+        process = subprocess.Popen(
+            command + saved,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
+        self._processes[index] = process
+        self._outputs[index] = output
+        return process
+
+
+def print_profile(profile: Path, top: int = 25) -> str:
+    text = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=text)
+    stats.sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--size-mb", type=float, default=100)
     parser.add_argument("--out")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-fsync", action="store_true", help="nodes with storage.fsync off")
+    parser.add_argument("--raw-role", choices=("receive", "send"), help=argparse.SUPPRESS)
+    parser.add_argument("--raw-address", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
+    size = int(args.size_mb * MB)
+    if args.raw_role is not None:
+        import trio
+
+        if args.raw_role == "receive":
+            trio.run(_raw_receive)
+        else:
+            trio.run(_raw_send, args.raw_address, size)
+        return
     results: dict[str, object] = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.machine(),
+        "machine": f"{platform.machine()}, {platform.platform()}",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "size_bytes": size,
+        "nodes_fsync": not args.no_fsync,
     }
     with tempfile.TemporaryDirectory(prefix="bench-net-", dir="/tmp") as scratch:
         directory = Path(scratch)
         source = directory / "model.bin"
-        source.write_bytes(os.urandom(size))
-        with Devnet(devnet_init(directory / "net", NODES)) as devnet:
-            devnet.start_all()
-            for index in range(NODES):
-                devnet.wait_ready(index)
-            for index in range(NODES):
-                wait_for(
-                    lambda i=index: devnet.call(i, "dht_table")["peers_total"] >= NODES - 1,
-                    60,
-                    f"node{index} DHT table",
-                )
+        write_source(source, size)
+        # fsync off first: the fsync-on pass leaves no dirty pages behind to write back
+        print("local, fsync off (storage.fsync = false):")
+        no_fsync = local_figures(source, directory / "nofsync", fsync=False)
+        results["local_no_fsync_mb_per_s"] = no_fsync
+        print(f"local, fsync on, the node's default ({size / MB:g} MB):")
+        local = local_figures(source, directory, fsync=True)
+        results["local_mb_per_s"] = local
+        results["sha256_mb_per_s"] = local["sha256 (hashlib, 1 MiB)"]
+        results["local_add_mb_per_s"] = local["add into block store"]
+        results["local_get_mb_per_s"] = local["get: read file back"]
+        raw, raw_s = raw_stream_mb_per_s(size)
+        results["raw_stream_mb_per_s"] = round(raw, 1)
+        print(f"one py-libp2p stream (2 processes) {raw:>8.1f} MB/s ({raw_s:.2f} s)")
+        profile = directory / "node3.prof" if args.profile else None
+        with ProfiledDevnet(devnet_init(directory / "net", NODES)) as devnet:
+            set_fsync(devnet, not args.no_fsync)
+            start_devnet(devnet, profile=profile)
             cid, add_s = cli_add(devnet, source)
             results["cli_add_mb_per_s"] = round(size / add_s / MB, 1)
             print(
-                f"store add (CLI, fsync on)   {results['cli_add_mb_per_s']:>8.1f} MB/s "
+                f"store add (CLI)             {results['cli_add_mb_per_s']:>8.1f} MB/s "
                 f"({add_s:.2f} s)"
             )
             for index, providers in ((1, 1), (2, 2), (3, 3)):
+                before = cpu_seconds(devnet)
                 outcome = fetch(devnet, index, cid)
+                cpu = [round(b - a, 2) for a, b in zip(before, cpu_seconds(devnet), strict=True)]
                 seconds = outcome["duration_ms"] / 1000
                 figure = round(size / seconds / MB, 1)
                 results[f"fetch_{providers}_providers_mb_per_s"] = figure
                 results[f"fetch_{providers}_providers_by_peer"] = outcome["bytes_by_peer"]
+                results[f"fetch_{providers}_providers_cpu_s_by_node"] = cpu
                 print(
                     f"fetch from {providers} provider(s)     {figure:>8.1f} MB/s ({seconds:.2f} s,"
-                    f" {len(outcome['bytes_by_peer'])} peers sent blocks)"
+                    f" {len(outcome['bytes_by_peer'])} peers sent blocks; CPU s by node {cpu},"
+                    f" {sum(cpu):.2f} in all)"
                 )
-    results["sha256_mb_per_s"] = round(sha256_mb_per_s(size), 1)
-    print(f"sha256 (one core)           {results['sha256_mb_per_s']:>8.1f} MB/s")
+        if profile is not None and profile.exists():
+            text = print_profile(profile)
+            print(text)
+            results["profile_node3_top"] = text.splitlines()[:40]
+    results["targets"] = {
+        "local_add_over_sha256": round(
+            results["local_add_mb_per_s"] / results["sha256_mb_per_s"], 3
+        ),
+        "local_add_at_least_half_sha256": results["local_add_mb_per_s"]
+        >= 0.5 * results["sha256_mb_per_s"],
+        "local_add_no_fsync_over_sha256": no_fsync["add_over_sha256"],
+        "fetch_3_over_raw_stream": round(
+            results["fetch_3_providers_mb_per_s"] / results["raw_stream_mb_per_s"], 3
+        ),
+        "fetch_3_faster_than_one_stream": results["fetch_3_providers_mb_per_s"]
+        > results["raw_stream_mb_per_s"],
+    }
+    print(json.dumps(results["targets"], indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
