@@ -43,7 +43,7 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_GRACE_S = 0.1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class NodeContext:
     """What the control methods may read and drive; built once the host listens."""
 
@@ -54,6 +54,8 @@ class NodeContext:
     wire: Wire
     scores: PeerScores
     dht: DhtService
+    storage: StorageService
+    replicator: Replicator
     started_monotonic: float
     shutdown_requested: trio.Event
 
@@ -99,58 +101,10 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
     listen = [Multiaddr(address) for address in network.listen]
     async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
         wire.bind(nursery)
-        peers = PeerManager(
-            host=host,
-            wire=wire,
-            scores=scores,
-            config=network,
-            peers_file=data_dir.peers_file,
-            rng=random.Random(),
-        )
-        peers.load()
-        dht = DhtService(
-            core_config=config.dht.core_config(),
-            seed=seed,
-            own_peer_id=host.get_id().to_base58(),
-            wire=wire,
-            peers=peers,
-            host=host,
-            data_dir=data_dir.root,
-            rng=random.Random(),
-        )
-        peers.connection_listeners.append(dht.peer_connected)
-        context = NodeContext(
-            data_dir, config, host, peers, wire, scores, dht, time.monotonic(), trio.Event()
-        )
-        dispatcher = Dispatcher()
-        register_node_methods(dispatcher, context)
-        register_dht_methods(dispatcher, dht)
-        storage = StorageService(
-            config=config.storage,
-            network=network,
-            data_dir=data_dir.root,
-            wire=wire,
-            peers=peers,
-            host=host,
-            dht=dht,
-        )
-        replicator = Replicator(storage, wire)
-        register_storage_methods(dispatcher, storage, replicator)
+        context = _build_services(data_dir, config, seed, host, wire, scores)
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(_stop_on_request, context.shutdown_requested, nursery.cancel_scope)
-        await nursery.start(storage.run)  # the block store is open before anyone can call
-        await nursery.start(
-            partial(
-                serve_control,
-                data_dir.socket_path,
-                dispatcher,
-                request_size_max=config.control.request_size_max,
-                connections_max=config.control.connections_max,
-            )
-        )
-        await nursery.start(dht.run)
-        await nursery.start(replicator.run)
-        await nursery.start(peers.run, receive_events)
+        await _start_services(nursery, context, receive_events)
         log.info(
             "node.started",
             peer_id=context.peer_id(),
@@ -160,6 +114,81 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
             pid=os.getpid(),
         )
         _announce_ready(context)
+
+
+def _build_services(
+    data_dir: DataDir, config: NodeConfig, seed: bytes, host: Any, wire: Wire, scores: PeerScores
+) -> NodeContext:
+    """Every service, wired to the others; nothing runs yet."""
+    peers = PeerManager(
+        host=host,
+        wire=wire,
+        scores=scores,
+        config=config.network,
+        peers_file=data_dir.peers_file,
+        rng=random.Random(),
+    )
+    peers.load()
+    dht = DhtService(
+        core_config=config.dht.core_config(),
+        seed=seed,
+        own_peer_id=host.get_id().to_base58(),
+        wire=wire,
+        peers=peers,
+        host=host,
+        data_dir=data_dir.root,
+        rng=random.Random(),
+    )
+    peers.connection_listeners.append(dht.peer_connected)
+    storage = StorageService(
+        config=config.storage,
+        network=config.network,
+        data_dir=data_dir.root,
+        wire=wire,
+        peers=peers,
+        host=host,
+        dht=dht,
+    )
+    return NodeContext(
+        data_dir=data_dir,
+        config=config,
+        host=host,
+        peers=peers,
+        wire=wire,
+        scores=scores,
+        dht=dht,
+        storage=storage,
+        replicator=Replicator(storage, wire),
+        started_monotonic=time.monotonic(),
+        shutdown_requested=trio.Event(),
+    )
+
+
+async def _start_services(
+    nursery: trio.Nursery,
+    context: NodeContext,
+    connection_events: trio.MemoryReceiveChannel[ConnectionEvent],
+) -> None:
+    """Start in dependency order: the block store is open before the control socket takes
+    calls, and the node answers on the socket before it dials anyone."""
+    dispatcher = Dispatcher()
+    register_node_methods(dispatcher, context)
+    register_dht_methods(dispatcher, context.dht)
+    register_storage_methods(dispatcher, context.storage, context.replicator)
+    await nursery.start(context.storage.run)
+    control = context.config.control
+    await nursery.start(
+        partial(
+            serve_control,
+            context.data_dir.socket_path,
+            dispatcher,
+            request_size_max=control.request_size_max,
+            connections_max=control.connections_max,
+        )
+    )
+    await nursery.start(context.dht.run)
+    await nursery.start(context.replicator.run)
+    await nursery.start(context.peers.run, connection_events)
 
 
 def _announce_ready(context: NodeContext) -> None:

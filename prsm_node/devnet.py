@@ -208,9 +208,7 @@ class Devnet:
         for process in self._processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        return {
-            index: self.stop(index, grace_s, signalled=True) for index in list(self._processes)
-        }
+        return {index: self.stop(index, grace_s, signalled=True) for index in list(self._processes)}
 
     def exited(self) -> dict[int, int]:
         """Processes that have exited by themselves, with their codes."""

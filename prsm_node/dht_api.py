@@ -31,13 +31,31 @@ KEY_TEXT_MAX = 512
 
 
 def register_dht_methods(dispatcher: Dispatcher, dht: DhtService) -> None:
+    DhtMethods(dht).register(dispatcher)
 
-    async def dht_find_peer(peer_id: str) -> dict[str, Any]:
+
+class DhtMethods:
+    """The dht_* control methods, bound to the node's DHT service."""
+
+    def __init__(self, dht: DhtService) -> None:
+        self._dht = dht
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        dispatcher.register("dht_find_peer", self.dht_find_peer, [Param("peer_id", str)])
+        dispatcher.register("dht_put", self.dht_put, [Param("key", str), Param("value", str)])
+        dispatcher.register("dht_get", self.dht_get, [Param("key", str)])
+        dispatcher.register("dht_provide", self.dht_provide, [Param("cid", str)])
+        dispatcher.register("dht_providers", self.dht_providers, [Param("cid", str)])
+        dispatcher.register("dht_table", self.dht_table)
+
+    async def dht_find_peer(self, peer_id: str) -> dict[str, Any]:
         target = _peer_bytes(peer_id)
-        if target == dht.core.own.peer_id:
+        if target == self._dht.core.own.peer_id:
             raise RpcError(ErrorCode.INVALID_PARAMS, "param 'peer_id': that is this node itself")
         result = _lookup(
-            await dht.command(lambda c: fx.FindNode(command_id=c, target=key_from_bytes(target)))
+            await self._dht.command(
+                lambda c: fx.FindNode(command_id=c, target=key_from_bytes(target))
+            )
         )
         match = next((peer for peer in result.closest if peer.peer_id == target), None)
         return {
@@ -47,18 +65,18 @@ def register_dht_methods(dispatcher: Dispatcher, dht: DhtService) -> None:
             **_lookup_figures(result),
         }
 
-    async def dht_put(key: str, value: str) -> dict[str, Any]:
-        key_bytes = _own_key(key, dht.signer.public_key)
+    async def dht_put(self, key: str, value: str) -> dict[str, Any]:
+        key_bytes = _own_key(key, self._dht.signer.public_key)
         now = unix_ms()
         body = RecordBody(
             key=key_bytes,
             value=_encode_value(key_bytes, value),
             seq=now,
-            expires_at_ms=now + dht.core.config.record_ttl_ms,
-            publisher=dht.core.own.peer_id,
+            expires_at_ms=now + self._dht.core.config.record_ttl_ms,
+            publisher=self._dht.core.own.peer_id,
         )
-        result = await dht.command(
-            lambda c: fx.PutValue(command_id=c, record=sign_record(body, dht.signer))
+        result = await self._dht.command(
+            lambda c: fx.PutValue(command_id=c, record=sign_record(body, self._dht.signer))
         )
         if isinstance(result, fx.CommandFailed):
             raise RpcError(ErrorCode.NODE_ERROR, f"dht put failed: {result.reason}")
@@ -71,51 +89,47 @@ def register_dht_methods(dispatcher: Dispatcher, dht: DhtService) -> None:
             **_lookup_figures(result.lookup),
         }
 
-    async def dht_get(key: str) -> dict[str, Any]:
-        key_bytes = _any_key(key, dht.signer.public_key)
-        result = _lookup(await dht.command(lambda c: fx.GetValue(command_id=c, key=key_bytes)))
+    async def dht_get(self, key: str) -> dict[str, Any]:
+        key_bytes = _any_key(key, self._dht.signer.public_key)
+        result = _lookup(
+            await self._dht.command(lambda c: fx.GetValue(command_id=c, key=key_bytes))
+        )
         record = result.record
         answer: dict[str, Any] = {"key": key_bytes.decode(), "found": record is not None}
         if record is not None:
             answer |= _record_fields(record)
         return answer | _lookup_figures(result)
 
-    async def dht_provide(cid: str) -> dict[str, Any]:
-        result = await dht.command(lambda c: fx.Provide(command_id=c, key=_cid_key(cid)))
+    async def dht_provide(self, cid: str) -> dict[str, Any]:
+        result = await self._dht.command(lambda c: fx.Provide(command_id=c, key=_cid_key(cid)))
         if isinstance(result, fx.CommandFailed):
             raise RpcError(ErrorCode.NODE_ERROR, f"dht provide failed: {result.reason}")
         assert isinstance(result, fx.StoreResult)
         return {"cid": cid, "peers_sent": result.peers_sent, **_lookup_figures(result.lookup)}
 
-    async def dht_providers(cid: str) -> dict[str, Any]:
+    async def dht_providers(self, cid: str) -> dict[str, Any]:
         result = _lookup(
-            await dht.command(lambda c: fx.GetProviders(command_id=c, key=_cid_key(cid)))
+            await self._dht.command(lambda c: fx.GetProviders(command_id=c, key=_cid_key(cid)))
         )
         providers = [_peer_json(peer) for peer in result.providers]
         return {"cid": cid, "providers": providers, **_lookup_figures(result)}
 
-    async def dht_table() -> dict[str, Any]:
-        statistics = dht.core.statistics()
+    async def dht_table(self) -> dict[str, Any]:
+        statistics = self._dht.core.statistics()
         routing = statistics.routing
         return {
             "peers_total": routing.peers_total,
             "buckets": [{"index": i, "peers": n} for i, n in routing.bucket_occupancy],
             "replacements_total": routing.replacements_total,
             "peers": [
-                _peer_json(peer) for peer in dht.core.table.closest(dht.core.own.key, 1 << 16)
+                _peer_json(peer)
+                for peer in self._dht.core.table.closest(self._dht.core.own.key, 1 << 16)
             ],
-            "records_stored": len(dht.core.records),
-            "provider_keys": dht.core.providers.keys(),
+            "records_stored": len(self._dht.core.records),
+            "provider_keys": self._dht.core.providers.keys(),
             "counters": dict(statistics.counters),
             "hostile_by_reason": dict(statistics.hostile_by_reason),
         }
-
-    dispatcher.register("dht_find_peer", dht_find_peer, [Param("peer_id", str)])
-    dispatcher.register("dht_put", dht_put, [Param("key", str), Param("value", str)])
-    dispatcher.register("dht_get", dht_get, [Param("key", str)])
-    dispatcher.register("dht_provide", dht_provide, [Param("cid", str)])
-    dispatcher.register("dht_providers", dht_providers, [Param("cid", str)])
-    dispatcher.register("dht_table", dht_table)
 
 
 def _lookup(result: fx.CommandResult) -> LookupResult:

@@ -49,17 +49,72 @@ QUOTA_HINT = (
 def register_storage_methods(
     dispatcher: Dispatcher, storage: StorageService, replicator: Replicator | None
 ) -> None:
-    async def store_add(path: str, operation_id: str | None = None) -> dict[str, Any]:
+    StorageMethods(storage, replicator).register(dispatcher)
+
+
+class StorageMethods:
+    """The store_* control methods, bound to the node's storage service."""
+
+    def __init__(self, storage: StorageService, replicator: Replicator | None) -> None:
+        self._storage = storage
+        self._replicator = replicator
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        text, number, flag = str, int, bool
+        dispatcher.register(
+            "store_add", self.store_add, [Param("path", text), Param("operation_id", text, None)]
+        )
+        dispatcher.register(
+            "store_get",
+            self.store_get,
+            [
+                Param("cid", text),
+                Param("output", text, None),
+                Param("pin", flag, True),
+                Param("operation_id", text, None),
+            ],
+        )
+        dispatcher.register(
+            "store_pin", self.store_pin, [Param("cid", text), Param("operation_id", text, None)]
+        )
+        dispatcher.register("store_unpin", self.store_unpin, [Param("cid", text)])
+        dispatcher.register(
+            "store_ls",
+            self.store_ls,
+            [
+                Param("blocks", flag, False),
+                Param("after", text, None),
+                Param("limit", number, 1000),
+            ],
+        )
+        dispatcher.register("store_stat", self.store_stat)
+        dispatcher.register("store_gc", self.store_gc)
+        dispatcher.register("store_verify", self.store_verify)
+        dispatcher.register(
+            "store_export_car", self.store_export_car, [Param("cid", text), Param("path", text)]
+        )
+        dispatcher.register(
+            "store_import_car",
+            self.store_import_car,
+            [Param("path", text), Param("pin", flag, True), Param("operation_id", text, None)],
+        )
+        dispatcher.register("store_progress", self.store_progress, [Param("operation_id", text)])
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def store_add(self, path: str, operation_id: str | None = None) -> dict[str, Any]:
         source = _absolute(path, "path")
         if not source.is_file():
             raise RpcError(ErrorCode.INVALID_PARAMS, f"param 'path': {source} is not a file")
-        operation = _start(storage, "add", operation_id)
+        operation = _start(self._storage, "add", operation_id)
         result = await _run(
             operation,
-            storage.in_thread(add_file, storage.store, source, storage.put_hashed, operation),
+            self._storage.in_thread(
+                add_file, self._storage.store, source, self._storage.put_hashed, operation
+            ),
         )
         operation.root = str(result.root)
-        announced = await storage.provide(result.root)
+        announced = await self._storage.provide(result.root)
         return {
             "cid": str(result.root),
             "size": result.size,
@@ -70,7 +125,7 @@ def register_storage_methods(
         }
 
     async def store_get(
-        cid: str, output: str | None = None, pin: bool = True, operation_id: str | None = None
+        self, cid: str, output: str | None = None, pin: bool = True, operation_id: str | None = None
     ) -> dict[str, Any]:
         root = _cid(cid)
         target = None if output is None else _absolute(output, "output")
@@ -78,45 +133,48 @@ def register_storage_methods(
             raise RpcError(
                 ErrorCode.INVALID_PARAMS, f"param 'output': no directory {target.parent}"
             )
-        operation = _start(storage, "get", operation_id)
-        outcome = await _run(operation, _fetch(storage, root, pin, operation))
+        operation = _start(self._storage, "get", operation_id)
+        outcome = await _run(operation, _fetch(self._storage, root, pin, operation))
         answer = _outcome_json(outcome) | {"operation_id": operation.operation_id}
         if target is not None:
             operation.bytes_done = 0
             size = await _run(
-                operation, storage.in_thread(write_file, storage.store, root, target, operation)
+                operation,
+                self._storage.in_thread(write_file, self._storage.store, root, target, operation),
             )
             answer |= {"output": str(target), "size": size}
         return answer
 
-    async def store_pin(cid: str, operation_id: str | None = None) -> dict[str, Any]:
+    async def store_pin(self, cid: str, operation_id: str | None = None) -> dict[str, Any]:
         root = _cid(cid)
-        operation = _start(storage, "pin", operation_id)
-        outcome = await _run(operation, _fetch(storage, root, True, operation))
+        operation = _start(self._storage, "pin", operation_id)
+        outcome = await _run(operation, _fetch(self._storage, root, True, operation))
         return _outcome_json(outcome) | {"pinned": True}
 
-    async def store_unpin(cid: str) -> dict[str, Any]:
+    async def store_unpin(self, cid: str) -> dict[str, Any]:
         root = _cid(cid)
-        removed = await storage.in_thread(storage.store.unpin, root)
+        removed = await self._storage.in_thread(self._storage.store.unpin, root)
         if not removed:
             raise RpcError(ErrorCode.NODE_ERROR, f"{root} is not pinned (see `prsm-node store ls`)")
         return {"cid": str(root), "unpinned": True}
 
     async def store_ls(
-        blocks: bool = False, after: str | None = None, limit: int = 1000
+        self, blocks: bool = False, after: str | None = None, limit: int = 1000
     ) -> dict[str, Any]:
         if not 1 <= limit <= LS_LIMIT_MAX:
             raise RpcError(ErrorCode.INVALID_PARAMS, f"param 'limit': 1..{LS_LIMIT_MAX}")
         if not blocks:
-            pins = await storage.in_thread(storage.store.pins)
+            pins = await self._storage.in_thread(self._storage.store.pins)
             return {"pins": [str(root) for root in pins]}
         start = None if after is None else _cid(after, "after")
-        rows = await storage.in_thread(lambda: storage.store.ls(after=start, limit=limit))
+        rows = await self._storage.in_thread(
+            lambda: self._storage.store.ls(after=start, limit=limit)
+        )
         listed = [{"cid": str(cid), "size": size} for cid, size in rows]
         return {"blocks": listed, "more": len(listed) == limit}
 
-    async def store_stat() -> dict[str, Any]:
-        statistics = await storage.in_thread(storage.store.stat)
+    async def store_stat(self) -> dict[str, Any]:
+        statistics = await self._storage.in_thread(self._storage.store.stat)
         fetches = [
             {
                 "root": str(root),
@@ -124,22 +182,22 @@ def register_storage_methods(
                 "blocks_known": s.blocks_known,
                 "bytes_by_peer": dict(by_peer),
             }
-            for root, s, by_peer in storage.active_fetches()
+            for root, s, by_peer in self._storage.active_fetches()
         ]
         return asdict(statistics) | {
-            "path": str(storage.store_dir),
-            "counters": storage.statistics(),
-            "replication": replicator.statistics() if replicator is not None else None,
+            "path": str(self._storage.store_dir),
+            "counters": self._storage.statistics(),
+            "replication": self._replicator.statistics() if self._replicator is not None else None,
             "fetches": fetches,
-            "kubo_api": storage.config.kubo_api or None,
+            "kubo_api": self._storage.config.kubo_api or None,
         }
 
-    async def store_gc() -> dict[str, Any]:
-        report = await storage.in_thread(storage.store.gc)
+    async def store_gc(self) -> dict[str, Any]:
+        report = await self._storage.in_thread(self._storage.store.gc)
         return asdict(report)
 
-    async def store_verify() -> dict[str, Any]:
-        report = await storage.in_thread(storage.store.verify)
+    async def store_verify(self) -> dict[str, Any]:
+        report = await self._storage.in_thread(self._storage.store.verify)
         return {
             "checked_count": report.checked_count,
             "corrupt": list(report.corrupt),
@@ -148,9 +206,11 @@ def register_storage_methods(
             "ok": not report.corrupt and not report.missing,
         }
 
-    async def store_export_car(cid: str, path: str) -> dict[str, Any]:
+    async def store_export_car(self, cid: str, path: str) -> dict[str, Any]:
         root, target = _cid(cid), _absolute(path, "path")
-        summary = await _guard(storage.in_thread(export_car_file, storage.store, root, target))
+        summary = await _guard(
+            self._storage.in_thread(export_car_file, self._storage.store, root, target)
+        )
         return {
             "cid": str(root),
             "path": str(target),
@@ -159,20 +219,22 @@ def register_storage_methods(
         }
 
     async def store_import_car(
-        path: str, pin: bool = True, operation_id: str | None = None
+        self, path: str, pin: bool = True, operation_id: str | None = None
     ) -> dict[str, Any]:
         source = _absolute(path, "path")
         if not source.is_file():
             raise RpcError(ErrorCode.INVALID_PARAMS, f"param 'path': {source} is not a file")
-        operation = _start(storage, "import", operation_id)
+        operation = _start(self._storage, "import", operation_id)
         summary, pinned = await _run(
             operation,
-            storage.in_thread(
-                lambda: import_car_file(storage.store, source, storage.put, operation, pin=pin)
+            self._storage.in_thread(
+                lambda: import_car_file(
+                    self._storage.store, source, self._storage.put, operation, pin=pin
+                )
             ),
         )
         for root in pinned:
-            await storage.provide(root)
+            await self._storage.provide(root)
         return {
             "roots": [str(root) for root in summary.roots],
             "blocks": summary.block_count,
@@ -180,53 +242,14 @@ def register_storage_methods(
             "pinned": [str(root) for root in pinned],
         }
 
-    async def store_progress(operation_id: str) -> dict[str, Any]:
-        operation = storage.operations.get(operation_id)
+    async def store_progress(self, operation_id: str) -> dict[str, Any]:
+        operation = self._storage.operations.get(operation_id)
         if operation is None:
             raise RpcError(
                 ErrorCode.NODE_ERROR,
                 f"no storage operation {operation_id!r} (finished long ago, or never started)",
             )
         return operation.to_json()
-
-    text, number, flag = str, int, bool
-    dispatcher.register(
-        "store_add", store_add, [Param("path", text), Param("operation_id", text, None)]
-    )
-    dispatcher.register(
-        "store_get",
-        store_get,
-        [
-            Param("cid", text),
-            Param("output", text, None),
-            Param("pin", flag, True),
-            Param("operation_id", text, None),
-        ],
-    )
-    dispatcher.register(
-        "store_pin", store_pin, [Param("cid", text), Param("operation_id", text, None)]
-    )
-    dispatcher.register("store_unpin", store_unpin, [Param("cid", text)])
-    dispatcher.register(
-        "store_ls",
-        store_ls,
-        [Param("blocks", flag, False), Param("after", text, None), Param("limit", number, 1000)],
-    )
-    dispatcher.register("store_stat", store_stat)
-    dispatcher.register("store_gc", store_gc)
-    dispatcher.register("store_verify", store_verify)
-    dispatcher.register(
-        "store_export_car", store_export_car, [Param("cid", text), Param("path", text)]
-    )
-    dispatcher.register(
-        "store_import_car",
-        store_import_car,
-        [Param("path", text), Param("pin", flag, True), Param("operation_id", text, None)],
-    )
-    dispatcher.register("store_progress", store_progress, [Param("operation_id", text)])
-
-
-# -- helpers ------------------------------------------------------------------------------
 
 
 def _cid(text: str, name: str = "cid") -> Cid:
