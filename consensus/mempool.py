@@ -1,0 +1,108 @@
+"""The bounded mempool: checked transactions waiting for a block.
+
+Rules:
+1. A transaction enters only after every check (size, shape, signature, chain, fee, and
+   against the committed state: balance for the next nonce). A nonce ahead of the
+   account's next one is admitted when it is within ``per_sender_max`` of it (a client may
+   send a few in a row); its balance is checked when it becomes next.
+2. Bounded: at most ``total_max`` transactions and ``per_sender_max`` per sender; past
+   either bound the newcomer is refused (``mempool_full`` / ``sender_quota``), never an
+   older one evicted (first come, first served; no fee auction yet).
+3. ``candidates`` orders by (nonce, arrival): deterministic, and each sender's
+   transactions come in nonce order, so the proposer's ``build_block`` can include them.
+4. After each block ``prune`` drops included transactions and any that the new state
+   makes invalid (used nonces, overspends); a nonce gap stays.
+"""
+
+from __future__ import annotations
+
+from consensus.errors import TxRejected
+from consensus.ledger import LedgerState
+from consensus.tx import SignedTx, decode_tx, verify_signature
+
+
+class Mempool:
+    __slots__ = ("_arrival", "_next", "_per_sender", "_txs", "per_sender_max", "total_max")
+
+    def __init__(self, total_max: int, per_sender_max: int) -> None:
+        self.total_max = total_max
+        self.per_sender_max = per_sender_max
+        self._txs: dict[bytes, SignedTx] = {}
+        self._arrival: dict[bytes, tuple[int, int]] = {}  # hash -> (arrival seq, now_ms)
+        self._per_sender: dict[bytes, int] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._txs
+
+    def verified_signatures(self) -> dict[bytes, bytes]:
+        """tx hash -> the signature checked on admission. A block's transaction skips its
+        signature check only when it carries this very signature (same hash, other
+        signature: checked, so a block never holds a forged signature for a known body)."""
+        return {tx_hash: tx.signature for tx_hash, tx in self._txs.items()}
+
+    def admit(self, data: bytes, state: LedgerState, now_ms: int) -> SignedTx:
+        tx = decode_tx(data, state.params.tx_size_max)
+        if tx.tx_hash in self._txs:
+            raise TxRejected("duplicate", "this transaction is already pending")
+        verify_signature(tx)
+        try:
+            state.check_tx(tx)
+        except TxRejected as error:
+            nonce = state.account(tx.body.sender).nonce
+            if error.reason_code != "nonce_gap" or tx.body.nonce >= nonce + self.per_sender_max:
+                raise
+        if len(self._txs) >= self.total_max:
+            raise TxRejected("mempool_full", f"{self.total_max} transactions are pending; "
+                             "retry after the next block")
+        sender = tx.body.sender
+        if self._per_sender.get(sender, 0) >= self.per_sender_max:
+            raise TxRejected("sender_quota", f"this account already has {self.per_sender_max} "
+                             "pending transactions; wait for a block")
+        self._txs[tx.tx_hash] = tx
+        self._arrival[tx.tx_hash] = (self._next, now_ms)
+        self._next += 1
+        self._per_sender[sender] = self._per_sender.get(sender, 0) + 1
+        return tx
+
+    def _remove(self, tx_hash: bytes) -> None:
+        tx = self._txs.pop(tx_hash)
+        del self._arrival[tx_hash]
+        sender = tx.body.sender
+        left = self._per_sender[sender] - 1
+        if left:
+            self._per_sender[sender] = left
+        else:
+            del self._per_sender[sender]
+
+    def candidates(self, limit: int) -> list[SignedTx]:
+        ordered = sorted(self._txs.values(),
+                         key=lambda t: (t.body.nonce, self._arrival[t.tx_hash][0]))
+        return ordered[:limit]
+
+    def older_than(self, at_ms: int, limit: int) -> list[SignedTx]:
+        """Pending since before ``at_ms`` (re-forwarded to the primary), in arrival order."""
+        old = [h for h, (_, arrived) in self._arrival.items() if arrived <= at_ms]
+        return [self._txs[h] for h in old[:limit]]
+
+    def has_executable(self, state: LedgerState) -> bool:
+        return any(t.body.nonce == state.account(t.body.sender).nonce
+                   for t in self._txs.values())
+
+    def prune(self, state: LedgerState) -> None:
+        for tx_hash in list(self._txs):
+            try:
+                state.check_tx(self._txs[tx_hash])
+            except TxRejected as error:
+                if error.reason_code != "nonce_gap":
+                    self._remove(tx_hash)
+
+
+def decode_verified(data: bytes, state: LedgerState) -> SignedTx:
+    """Decode and verify a transaction without the state checks (for tests and tools)."""
+    tx = decode_tx(data, state.params.tx_size_max)
+    verify_signature(tx)
+    return tx

@@ -1,0 +1,267 @@
+"""The PBFT replica's vocabulary: configuration, inputs, effects, recovery state, statistics.
+
+Rules:
+1. Every input and effect is a frozen, slotted, keyword-only dataclass.
+2. Every limit is a ``ReplicaConfig`` field with a ``*_max`` or unit suffix and a reason;
+   ``__post_init__`` checks how they relate and names the field.
+
+The shell's contract (what ``prsm_node`` or the simulator must do with each effect):
+- Effects are performed IN LIST ORDER. Every ``Persist*`` effect must be durable (SQLite
+  transaction committed, WAL synced) before any later effect of the same list is performed.
+  The replica places each ``Persist*`` before the ``Send``/``Broadcast`` whose content
+  depends on it (a pre-prepare, prepare or commit for a slot, a view change for a view, a
+  checkpoint for a block), so a replica killed at any point never contradicts after restart
+  what it said before. ``ClientCommitted`` comes after the ``PersistBlock`` of its block.
+- ``Send(to, message)`` / ``Broadcast(message)``: encode (``messages.encode_frame``) and
+  send to replica ``to`` / every other replica; feed what arrives as ``MessageReceived``.
+  Loss is tolerated (the replica retransmits on its own timer).
+- ``SetTimer(timer, at_ms)``: at ``at_ms`` feed ``TimerFired(timer)``; never cancelled.
+- ``PersistView(view, in_view_change)``, ``PersistSlot(record)``, ``PersistCheckpoint(seq,
+  block, proof)``, ``PersistBlock(block, certificate, state)``: write to the store
+  (``consensus.store.LedgerStore``); at start, ``LedgerStore.recover()`` gives the
+  ``Recovered`` to build the replica with.
+- ``BlockCommitted(block, certificate)``: give the block to followers and subscribers.
+- ``ClientCommitted`` / ``ClientRejected``: answer the control-API call ``request_id``.
+- ``EvidenceFound(evidence)``: log it and keep it (equivocation proof, two signed messages).
+- ``PeerMisbehaved(peer, reason)``: score the peer down.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+from consensus.ledger import Block, LedgerState
+from consensus.messages import PreparedProof, Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaConfig:
+    """Every limit of the replica (node.toml.example ``[pbft]`` mirrors these names)."""
+
+    checkpoint_interval: int = 16
+    """K in the paper: blocks between checkpoints (Castro & Liskov used 128 for 1-op
+    requests; our blocks hold up to 500 transactions, so 16 blocks is ~8,000)."""
+    window_max: int = 64
+    """L: sequence numbers accepted above the stable checkpoint (the paper: L = 2K);
+    must exceed the checkpoint interval so progress never stalls at a checkpoint."""
+    batch_delay_ms: int = 20
+    """How long the primary waits to fill a block; 20 ms keeps p50 latency low."""
+    view_change_timeout_ms: int = 2_000
+    """No progress for this long with work pending: suspect the primary. Doubles per
+    failed view change (the paper's exponential back-off)."""
+    view_change_timeout_max_ms: int = 60_000
+    retransmit_interval_ms: int = 500
+    """Re-send our messages for unfinished slots, our view change and our last checkpoint."""
+    state_transfer_timeout_ms: int = 1_000
+    state_transfer_blocks_max: int = 64
+    mempool_max: int = 20_000
+    mempool_per_sender_max: int = 64
+    forward_batch_max: int = 500
+    signature_cache_max: int = 65_536
+    """Verified (encoded, signature) digests; ~3n messages per block at n=100 fit many times."""
+    blocks_retained_max: int = 256
+    """Committed blocks kept in memory to answer state requests (older: from the checkpoint)."""
+    evidence_max: int = 64
+    requests_tracked_max: int = 20_000
+    clock_skew_max_ms: int = 10_000
+    """A proposed block's timestamp may be at most this far ahead of our clock."""
+    planted_bug: str = ""
+    """Simulation only: ``"quorum-2f"`` uses 2f instead of 2f+1 (the checker must catch it)."""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name != "planted_bug" and value < 1:
+                raise ValueError(f"pbft config: {field.name} must be >= 1")
+        if self.window_max <= self.checkpoint_interval:
+            raise ValueError("pbft config: window_max must be > checkpoint_interval")
+        if self.blocks_retained_max < self.window_max:
+            raise ValueError("pbft config: blocks_retained_max must be >= window_max (state "
+                             "transfer serves every block above the stable checkpoint)")
+        if self.view_change_timeout_ms <= 2 * self.retransmit_interval_ms:
+            raise ValueError("pbft config: view_change_timeout_ms must be > "
+                             "2 x retransmit_interval_ms")
+        if self.planted_bug not in ("", "quorum-2f"):
+            raise ValueError("pbft config: planted_bug must be '' or 'quorum-2f'")
+
+
+class TimerKind(enum.Enum):
+    BATCH = "batch"
+    PROGRESS = "progress"
+    VIEW_CHANGE = "view_change"
+    RETRANSMIT = "retransmit"
+    STATE_TRANSFER = "state_transfer"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerId:
+    kind: TimerKind
+    generation: int
+
+
+# -- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Start:
+    """Fed once after construction: arms the timers and asks peers for missed blocks."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageReceived:
+    peer: int
+    """Replica index of the authenticated connection it came from."""
+    message: Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRequest:
+    tx: bytes
+    request_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired:
+    timer: TimerId
+
+
+# -- effects ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    to: int
+    message: Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Broadcast:
+    message: Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetTimer:
+    timer: TimerId
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlotRecord:
+    """What a replica said about one sequence number (persisted before it is said)."""
+
+    seq: int
+    view: int
+    pre_prepare: Signed
+    prepared: PreparedProof | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistView:
+    view: int
+    in_view_change: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistSlot:
+    record: SlotRecord
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistCheckpoint:
+    """A stable checkpoint: slots at or below ``seq`` may be deleted."""
+
+    seq: int
+    block: Block
+    proof: tuple[Signed, ...]
+    state: LedgerState
+    """The state at ``seq`` (kept to serve state transfer after a restart)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PersistBlock:
+    block: Block
+    certificate: tuple[Signed, ...]
+    state: LedgerState
+    """The state after ``block``; write the accounts in ``state.changed_keys`` (or all of
+    them after a state transfer: ``snapshot_installed``)."""
+    snapshot_installed: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockCommitted:
+    block: Block
+    certificate: tuple[Signed, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCommitted:
+    request_id: int
+    tx_hash: bytes
+    height: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRejected:
+    request_id: int | None
+    tx_hash: bytes | None
+    reason_code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Equivocation:
+    """Two pre-prepares signed by one primary for one (view, seq) with different blocks."""
+
+    first: Signed
+    second: Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceFound:
+    evidence: Equivocation
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerMisbehaved:
+    peer: int
+    reason: str
+
+
+# -- recovery -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Recovered:
+    """What a restarted replica reads back from its store."""
+
+    view: int
+    in_view_change: bool
+    ledger: LedgerState | None
+    last_certificate: tuple[Signed, ...]
+    stable_seq: int
+    stable_block: Block | None
+    stable_proof: tuple[Signed, ...]
+    stable_state: LedgerState | None
+    slots: tuple[SlotRecord, ...]
+    recent_blocks: tuple[tuple[Block, tuple[Signed, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaStatistics:
+    view: int
+    phase: str
+    executed_height: int
+    stable_seq: int
+    mempool_size: int
+    view_changes_started: int
+    peer_errors: int
+    evidence: int
+    state_transfers: int
+    signatures_verified: int
+    signature_cache_hits: int
+
+
+Input = Start | MessageReceived | ClientRequest | TimerFired
+Effect = Any

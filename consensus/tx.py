@@ -1,0 +1,148 @@
+"""Ledger transactions: body, canonical encoding, ``prsm/tx/1`` signatures, stateless checks.
+
+Rules:
+1. Amounts (``fee``, ``amount``) are 16 big-endian bytes (``codec.amount_to_bytes``).
+   A transaction on the wire is ``canonical({"body": body, "signer": sender, "sig": sig})``
+   with ``sig = ed25519(sender, b"prsm/tx/1" || canonical(body))``. The signer must be the
+   body's ``sender``; a non-canonical encoding is refused (one transaction, one byte string).
+2. ``tx_hash = sha256(canonical(body))``: the nonce in the body makes it unique per sender,
+   and a signature cannot change it.
+3. ``decode_tx`` does every check that needs no state, cheapest first: size, shape, field
+   types and ranges, then (``verify_signature``) the signature. Each failure is a
+   ``TxRejected`` with its reason code and a message a user can act on.
+4. Kinds: ``transfer`` (amount to ``to``), ``stake`` (balance -> bonded stake), ``unstake``
+   (bonded stake -> unbonding, released to the balance automatically at maturity),
+   ``register_validator`` (join the validator set at the next epoch boundary).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from consensus.codec import (
+    AMOUNT_MAX,
+    PUBLIC_KEY_SIZE,
+    SIGNATURE_SIZE,
+    Signer,
+    amount_from_bytes,
+    amount_to_bytes,
+    canonical,
+    sha256,
+    sign_bytes,
+    verify_bytes,
+)
+from consensus.errors import TxRejected
+
+TX_DOMAIN = b"prsm/tx/1"
+NONCE_MAX = 2**63 - 1
+
+
+class TxKind(enum.Enum):
+    TRANSFER = "transfer"
+    STAKE = "stake"
+    UNSTAKE = "unstake"
+    REGISTER_VALIDATOR = "register_validator"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TxBody:
+    chain_id: str
+    kind: TxKind
+    sender: bytes
+    nonce: int
+    fee: int
+    amount: int = 0
+    to: bytes = b""
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"chain_id": self.chain_id, "kind": self.kind.value, "sender": self.sender,
+                "nonce": self.nonce, "fee": amount_to_bytes(self.fee),
+                "amount": amount_to_bytes(self.amount), "to": self.to}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedTx:
+    body: TxBody
+    signature: bytes
+    encoded: bytes
+    """The canonical wire bytes (what blocks carry)."""
+    tx_hash: bytes
+
+
+def sign_tx(body: TxBody, signer: Signer) -> SignedTx:
+    assert signer.public_key == body.sender, "the sender signs its own transactions"
+    body_bytes = canonical(body.to_plain())
+    signature = sign_bytes(signer, TX_DOMAIN, body_bytes)
+    encoded = canonical({"body": body.to_plain(), "signer": body.sender, "sig": signature})
+    return SignedTx(body=body, signature=signature, encoded=encoded, tx_hash=sha256(body_bytes))
+
+
+def _int(plain: dict[str, Any], name: str, maximum: int) -> int:
+    value = plain.get(name)
+    if maximum == AMOUNT_MAX:
+        try:
+            return amount_from_bytes(value)
+        except ValueError as error:
+            raise TxRejected("malformed", f"field {name} must be 16 big-endian bytes") from error
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise TxRejected("malformed", f"field {name} must be an integer in 0..{maximum}")
+    return value
+
+
+def _body(plain: Any) -> TxBody:
+    if not isinstance(plain, dict) or set(plain) != {
+            "chain_id", "kind", "sender", "nonce", "fee", "amount", "to"}:
+        raise TxRejected("malformed", "the body must have exactly chain_id, kind, sender, "
+                         "nonce, fee, amount, to")
+    try:
+        kind = TxKind(plain["kind"])
+    except (ValueError, TypeError) as error:
+        raise TxRejected("malformed", f"unknown kind {plain['kind']!r}") from error
+    sender, to, chain_id = plain["sender"], plain["to"], plain["chain_id"]
+    if type(sender) is not bytes or len(sender) != PUBLIC_KEY_SIZE:
+        raise TxRejected("malformed", "sender must be a 32-byte Ed25519 public key")
+    if type(chain_id) is not str:
+        raise TxRejected("malformed", "chain_id must be a string")
+    if kind is TxKind.TRANSFER:
+        if type(to) is not bytes or len(to) != PUBLIC_KEY_SIZE:
+            raise TxRejected("malformed", "a transfer needs a 32-byte recipient key in 'to'")
+    elif to != b"":
+        raise TxRejected("malformed", f"{kind.value} takes no recipient")
+    return TxBody(chain_id=chain_id, kind=kind, sender=sender,
+                  nonce=_int(plain, "nonce", NONCE_MAX), fee=_int(plain, "fee", AMOUNT_MAX),
+                  amount=_int(plain, "amount", AMOUNT_MAX), to=to)
+
+
+def decode_tx(data: bytes, size_max: int) -> SignedTx:
+    """Parse and shape-check wire bytes; the signature is checked by ``verify_signature``."""
+    if len(data) > size_max:
+        raise TxRejected("oversize", f"the transaction is {len(data)} bytes; at most "
+                         f"{size_max} are accepted")
+    try:
+        plain = msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError) as error:
+        raise TxRejected("malformed", f"not msgpack ({error})") from error
+    if not isinstance(plain, dict) or set(plain) != {"body", "signer", "sig"}:
+        raise TxRejected("malformed", "a transaction is {body, signer, sig}")
+    body = _body(plain["body"])
+    signature = plain["sig"]
+    if plain["signer"] != body.sender:
+        raise TxRejected("bad_signature", "the signer is not the sender")
+    if type(signature) is not bytes or len(signature) != SIGNATURE_SIZE:
+        raise TxRejected("bad_signature", "the signature must be 64 bytes")
+    body_bytes = canonical(body.to_plain())
+    encoded = canonical({"body": body.to_plain(), "signer": body.sender, "sig": signature})
+    if encoded != data:
+        raise TxRejected("malformed", "the encoding is not canonical (sorted keys, msgpack)")
+    return SignedTx(body=body, signature=signature, encoded=encoded, tx_hash=sha256(body_bytes))
+
+
+def verify_signature(tx: SignedTx) -> None:
+    if not verify_bytes(tx.body.sender, TX_DOMAIN, canonical(tx.body.to_plain()), tx.signature):
+        raise TxRejected("bad_signature", "the signature does not match the sender's key "
+                         "(signed with another key, or the transaction was altered)")
