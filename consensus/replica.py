@@ -606,8 +606,9 @@ class Replica(ViewChangeAndTransfer):
         if self.primary() != self.index:
             stale = self.mempool.older_than(self.now_ms - self.config.retransmit_interval_ms,
                                             self.config.forward_batch_max)
-            if stale:
-                out.append(Send(to=self.primary(), message=self._sign(
+            if stale:  # PBFT's client rule: no reply in time, so tell every replica;
+                # their progress timers then run too, and a silent primary is voted out
+                out.append(Broadcast(message=self._sign(
                     Forward(txs=tuple(t.encoded for t in stale)))))
 
     def statistics(self) -> ReplicaStatistics:

@@ -85,7 +85,9 @@ class LedgerStore:
     def __init__(self, path: str | Path, genesis: Genesis) -> None:
         self.path = Path(path)
         self.genesis = genesis
-        self._conn = sqlite3.connect(self.path, isolation_level=None)
+        # check_same_thread=False: the node calls the store from worker threads, one at a
+        # time (its ledger service serialises every call), never concurrently.
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from prsm_node import __version__
+from prsm_node.cli_ledger import ledger_app, tx_app, wallet_app
 from prsm_node.cli_store import store_app
 from prsm_node.errors import UserError
 
@@ -32,6 +33,9 @@ app.add_typer(devnet_app, name="devnet")
 dht_app = typer.Typer(help="Query and publish in the Kademlia DHT.", no_args_is_help=True)
 app.add_typer(dht_app, name="dht")
 app.add_typer(store_app, name="store")
+app.add_typer(wallet_app, name="wallet")
+app.add_typer(tx_app, name="tx")
+app.add_typer(ledger_app, name="ledger")
 
 DataDirOption = Annotated[
     Path | None,

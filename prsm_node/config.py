@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from consensus.replica_effects import ReplicaConfig
 from dht.node_effects import DhtConfig
 from prsm_node.errors import ConfigError
 
@@ -281,12 +282,52 @@ class StorageSection:
     kubo_timeout_ms: int = _key("one Kubo block/put call fails after this", 10000, _positive)
 
 
+_PBFT = ReplicaConfig()  # defaults and relations come from the core
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PbftSection:
+    checkpoint_interval: int = _key(
+        "K: blocks between checkpoints (stable checkpoint = garbage collection)",
+        _PBFT.checkpoint_interval,
+    )
+    window_max: int = _key(
+        "L: sequence numbers accepted above the stable checkpoint", _PBFT.window_max
+    )
+    batch_delay_ms: int = _key("the primary waits this long to fill a block", _PBFT.batch_delay_ms)
+    view_change_timeout_ms: int = _key(
+        "no progress this long with work pending: suspect the primary", _PBFT.view_change_timeout_ms
+    )
+    view_change_timeout_max_ms: int = _key(
+        "cap of the doubling view-change timeout", _PBFT.view_change_timeout_max_ms
+    )
+    retransmit_interval_ms: int = _key(
+        "unfinished slots' messages are resent this often", _PBFT.retransmit_interval_ms
+    )
+    state_transfer_timeout_ms: int = _key(
+        "a state request unanswered this long goes to another replica",
+        _PBFT.state_transfer_timeout_ms,
+    )
+    mempool_max: int = _key("transactions waiting in the mempool", _PBFT.mempool_max)
+    mempool_per_sender_max: int = _key(
+        "transactions waiting per sender", _PBFT.mempool_per_sender_max
+    )
+    clock_skew_max_ms: int = _key(
+        "a proposed block's timestamp may be this far ahead of our clock", _PBFT.clock_skew_max_ms
+    )
+
+    def core_config(self) -> ReplicaConfig:
+        """The replica's config; its own checks of how the limits relate run here."""
+        return replace(_PBFT, **{item.name: getattr(self, item.name) for item in fields(self)})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dht: DhtSection = field(default_factory=DhtSection)
+    pbft: PbftSection = field(default_factory=PbftSection)
     storage: StorageSection = field(default_factory=StorageSection)
 
 
@@ -295,6 +336,7 @@ SECTION_DOCS = {
     "control": "the JSON-RPC control socket <data_dir>/node.sock",
     "log": "structured logs: JSON lines in <data_dir>/logs/, readable lines on stderr",
     "dht": "Kademlia DHT /prsm/kad/1.0.0 (times in ms, sizes in bytes)",
+    "pbft": "PBFT replica of the FTNS ledger /prsm/pbft/1.0.0 (chain rules: genesis.json)",
     "storage": "content-addressed block store and /prsm/blocks/1.0.0 (times in ms, sizes in bytes)",
 }
 
@@ -345,10 +387,11 @@ def _check_relations(config: NodeConfig, file: Path | str) -> None:
             "network.frame_size_max",
             f"must be at least {STORAGE_FRAME_SIZE_MIN} to carry one 1 MiB block",
         )
-    try:
-        config.dht.core_config()
-    except ValueError as error:
-        raise ConfigError(file, "dht", str(error).removeprefix("dht config: ")) from None
+    for name in ("dht", "pbft"):
+        try:
+            getattr(config, name).core_config()
+        except ValueError as error:
+            raise ConfigError(file, name, str(error).removeprefix(f"{name} config: ")) from None
 
 
 def config_from_mapping(raw: Mapping[str, Any], file: Path | str) -> NodeConfig:

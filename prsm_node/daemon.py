@@ -21,14 +21,18 @@ from typing import Any
 import structlog
 import trio
 from multiaddr import Multiaddr
+from nacl.signing import SigningKey
 
 from prsm_node import __version__
 from prsm_node.config import NodeConfig
 from prsm_node.control import Dispatcher, serve_control
 from prsm_node.datadir import DataDir, DataDirLock
 from prsm_node.dht_api import register_dht_methods
-from prsm_node.dht_service import DhtService
+from prsm_node.dht_service import DhtService, unix_ms
 from prsm_node.identity import read_seed
+from prsm_node.ledger_api import LedgerMethods
+from prsm_node.ledger_genesis import GENESIS_FILE_NAME, ensure_genesis
+from prsm_node.ledger_service import LedgerService
 from prsm_node.net.host import ConnectionEvent, build_host
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
@@ -56,6 +60,7 @@ class NodeContext:
     dht: DhtService
     storage: StorageService
     replicator: Replicator
+    ledger: LedgerService
     started_monotonic: float
     shutdown_requested: trio.Event
 
@@ -149,7 +154,20 @@ def _build_services(
         host=host,
         dht=dht,
     )
+    public_key = bytes(SigningKey(seed).verify_key)
+    genesis = ensure_genesis(data_dir.root / GENESIS_FILE_NAME, public_key, unix_ms())
+    ledger = LedgerService(
+        genesis=genesis,
+        seed=seed,
+        data_dir=data_dir.root,
+        config=config.pbft.core_config(),
+        wire=wire,
+        peers=peers,
+        dht=dht,
+        host=host,
+    )
     return NodeContext(
+        ledger=ledger,
         data_dir=data_dir,
         config=config,
         host=host,
@@ -175,6 +193,7 @@ async def _start_services(
     register_node_methods(dispatcher, context)
     register_dht_methods(dispatcher, context.dht)
     register_storage_methods(dispatcher, context.storage, context.replicator)
+    LedgerMethods(context.ledger).register(dispatcher)
     await nursery.start(context.storage.run)
     control = context.config.control
     await nursery.start(
@@ -187,6 +206,7 @@ async def _start_services(
         )
     )
     await nursery.start(context.dht.run)
+    await nursery.start(context.ledger.run)
     await nursery.start(context.replicator.run)
     await nursery.start(context.peers.run, connection_events)
 

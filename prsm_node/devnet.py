@@ -23,11 +23,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from nacl.signing import SigningKey
+
 from prsm_node.config import NetworkConfig, NodeConfig
 from prsm_node.control import ControlClient, ControlClientError
 from prsm_node.datadir import DataDir
+from prsm_node.dht_service import unix_ms
 from prsm_node.errors import UserError
 from prsm_node.identity import peer_id_of, read_seed
+from prsm_node.ledger_genesis import GENESIS_FILE_NAME, devnet_genesis, write_genesis
 
 MANIFEST_NAME = "devnet.json"
 NODES_MAX = 256
@@ -79,12 +83,23 @@ def devnet_init(
         data_dir.check_socket_path()
         peer_id = peer_id_of(read_seed(data_dir.key_file))
         created.append(DevnetNode(f"node{index}", data_dir.root, peer_id, listen))
+    _write_shared_genesis(created)
     manifest = [
         {"name": n.name, "data_dir": str(n.data_dir), "peer_id": n.peer_id, "listen": n.listen}
         for n in created
     ]
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     return created
+
+
+def _write_shared_genesis(nodes: list[DevnetNode]) -> None:
+    """One chain for the whole devnet: every node a validator with a funded account."""
+    keys = [
+        bytes(SigningKey(read_seed(DataDir(node.data_dir).key_file)).verify_key) for node in nodes
+    ]
+    genesis = devnet_genesis(keys, f"prsm-devnet-{keys[0].hex()[:8]}", unix_ms())
+    for node in nodes:
+        write_genesis(node.data_dir / GENESIS_FILE_NAME, genesis)
 
 
 def load_devnet(directory: Path) -> list[DevnetNode]:

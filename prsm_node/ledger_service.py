@@ -1,0 +1,288 @@
+"""The ledger service: drives the pure PBFT replica (`consensus.replica`) over
+`/prsm/pbft/1.0.0` on the wire, with its SQLite store, and answers wallet/tx/ledger calls.
+
+The shell's contract (consensus/replica_effects.py) and how it is kept:
+- Effects are performed in list order, and every Persist* is durable before the next
+  effect: consecutive Persist* effects are written in one `LedgerStore.write_batch`
+  (COMMIT with synchronous=FULL) in a worker thread, awaited before anything after them.
+- One effect list at a time: `handle()` and the performing of its effects run under one
+  lock, so a later list can never overtake the persistence of an earlier one.
+- Send/Broadcast only start a send task (a message is one wire request, answered with an
+  empty ack); losing one is fine, the replica retransmits. Sends in flight are capped.
+- Validators are addressed by public key: the node key is both the libp2p identity and
+  the validator key, so replica i's peer id follows from the i-th validator key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from libp2p.crypto.ed25519 import Ed25519PublicKey
+from libp2p.peer.id import ID
+
+from consensus import replica_effects as rx
+from consensus.codec import Ed25519Signer
+from consensus.errors import PeerProtocolError as ConsensusPeerError
+from consensus.genesis import Genesis
+from consensus.ledger import LedgerState
+from consensus.messages import decode_frame, encode_frame
+from consensus.replica import Replica
+from consensus.store import LedgerStore
+from consensus.tx import TxBody, TxKind, sign_tx
+from dht import node_effects as dht_effects
+from dht.keys import key_from_bytes
+from prsm_node.dht_service import DhtService, unix_ms
+from prsm_node.errors import PeerProtocolError
+from prsm_node.net.host import dial
+from prsm_node.net.peers import PeerManager
+from prsm_node.net.wire import RequestFailed, Wire
+
+log = structlog.get_logger(__name__)
+
+PBFT_PROTOCOL = "/prsm/pbft/1.0.0"
+STORE_FILE_NAME = "ledger.sqlite"
+SENDS_IN_FLIGHT_MAX = 512
+CLIENTS_WAITING_MAX = 4096
+PERSIST_EFFECTS = (rx.PersistView, rx.PersistSlot, rx.PersistCheckpoint, rx.PersistBlock)
+
+
+class TxFailed(Exception):
+    """A transaction was refused or not committed in time; `reason_code` says which."""
+
+    def __init__(self, reason_code: str, message: str) -> None:
+        self.reason_code = reason_code
+        super().__init__(message)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    done: trio.Event = field(default_factory=trio.Event)
+    outcome: rx.ClientCommitted | rx.ClientRejected | None = None
+
+
+def peer_id_of_key(public_key: bytes) -> str:
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58()
+
+
+class LedgerService:
+    def __init__(
+        self,
+        *,
+        genesis: Genesis,
+        seed: bytes,
+        data_dir: Path,
+        config: rx.ReplicaConfig,
+        wire: Wire,
+        peers: PeerManager,
+        dht: DhtService,
+        host: Any,
+    ) -> None:
+        self.genesis = genesis
+        self.signer = Ed25519Signer.from_seed(seed)
+        self._wire, self._peers, self._dht, self._host = wire, peers, dht, host
+        self.validator_keys = genesis.validator_keys()
+        self._peer_of_index = [peer_id_of_key(key) for key in self.validator_keys]
+        self._index_of_peer = {peer: index for index, peer in enumerate(self._peer_of_index)}
+        self.index = self._index_of_peer.get(peer_id_of_key(self.signer.public_key))
+        self.store = LedgerStore(data_dir / STORE_FILE_NAME, genesis)
+        self.replica: Replica | None = None
+        if self.index is not None:
+            self.replica = Replica(
+                index=self.index,
+                signer=self.signer,
+                genesis=genesis,
+                config=config,
+                recovered=self.store.recover(),
+            )
+        self._lock = trio.Lock()
+        self._timers: list[tuple[int, int, rx.TimerId]] = []
+        self._timer_order = itertools.count()
+        self._timer_changed = trio.Event()
+        self._waiting: dict[int, _Waiting] = {}
+        self._request_ids = itertools.count(1)
+        self._sends_in_flight = 0
+        self._nonce_next = 0
+        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0}
+        self._nursery: trio.Nursery | None = None
+
+    # -- queries -----------------------------------------------------------------------
+
+    @property
+    def peer_ids(self) -> list[str]:
+        return list(self._peer_of_index)
+
+    def ledger(self) -> LedgerState:
+        return self.replica.ledger if self.replica is not None else self.store.ledger()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._wire.register(PBFT_PROTOCOL, self._serve)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.replica is not None:
+                    nursery.start_soon(self._timer_loop)
+                    await self._feed(rx.Start())
+                log.info("ledger.started", validator_index=self.index, height=self.ledger().height)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._lock:  # no write may be half-way when the store closes
+                    self.store.close()
+
+    async def _serve(self, peer: str, payload: Any) -> bytes:
+        index = self._index_of_peer.get(peer)
+        if index is None or self.replica is None:
+            raise PeerProtocolError(peer, "pbft: sender is not a validator of this chain")
+        if not isinstance(payload, bytes):
+            raise PeerProtocolError(peer, "pbft: message is not a frame")
+        try:
+            message = decode_frame(index, payload)
+        except ConsensusPeerError as error:
+            raise PeerProtocolError(peer, f"pbft: {error}") from None
+        await self._feed(rx.MessageReceived(peer=index, message=message))
+        return b""
+
+    async def _feed(self, event: Any) -> None:
+        assert self.replica is not None
+        async with self._lock:
+            await self._perform(self.replica.handle(unix_ms(), event))
+
+    async def _perform(self, effects: list[Any]) -> None:
+        batch: list[Any] = []
+        for effect in effects:
+            if isinstance(effect, PERSIST_EFFECTS):
+                batch.append(effect)
+                continue
+            if batch:
+                await trio.to_thread.run_sync(self.store.write_batch, batch)
+                batch = []
+            self._perform_one(effect)
+        if batch:
+            await trio.to_thread.run_sync(self.store.write_batch, batch)
+
+    def _perform_one(self, effect: Any) -> None:
+        if isinstance(effect, rx.Send):
+            self._send(effect.to, encode_frame(effect.message))
+        elif isinstance(effect, rx.Broadcast):
+            frame = encode_frame(effect.message)
+            for index in range(len(self.validator_keys)):
+                if index != self.index:
+                    self._send(index, frame)
+        elif isinstance(effect, rx.SetTimer):
+            heapq.heappush(self._timers, (effect.at_ms, next(self._timer_order), effect.timer))
+            self._timer_changed.set()
+        elif isinstance(effect, rx.ClientCommitted | rx.ClientRejected):
+            waiting = self._waiting.get(effect.request_id or 0)
+            if waiting is not None:
+                waiting.outcome = effect
+                waiting.done.set()
+        elif isinstance(effect, rx.BlockCommitted):
+            log.debug("ledger.block_committed", height=effect.block.height)
+        elif isinstance(effect, rx.EvidenceFound):
+            self.counters["evidence"] += 1
+            log.warning("ledger.equivocation", evidence=repr(effect.evidence)[:400])
+        elif isinstance(effect, rx.PeerMisbehaved):
+            self._peers.penalise(self._peer_of_index[effect.peer], f"pbft: {effect.reason}")
+
+    def _send(self, index: int, frame: bytes) -> None:
+        if self._sends_in_flight >= SENDS_IN_FLIGHT_MAX:
+            self.counters["sends_dropped"] += 1  # the replica retransmits
+            return
+        self._sends_in_flight += 1
+        assert self._nursery is not None
+        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame)
+
+    async def _send_now(self, peer: str, frame: bytes) -> None:
+        try:
+            await self._connect(peer)
+            await self._wire.request(peer, PBFT_PROTOCOL, frame)
+        except RequestFailed as error:
+            self.counters["sends_failed"] += 1
+            log.debug("ledger.send_failed", peer=peer, reason=error.reason)
+        finally:
+            self._sends_in_flight -= 1
+
+    async def _connect(self, peer: str) -> None:
+        """Reach a validator: known or identified addresses first, then the DHT."""
+        if self._host.get_network().get_connections(ID.from_base58(peer)):
+            return
+        known = self._peers.book.address_of(peer)
+        addresses = [known] if known else list(self._peers.identified_addresses(peer))
+        if not addresses:
+            target = key_from_bytes(ID.from_base58(peer).to_bytes())
+            result = await self._dht.command(
+                lambda command_id: dht_effects.FindNode(command_id=command_id, target=target)
+            )
+            closest = getattr(result, "closest", ())
+            addresses = [a for p in closest if ID(p.peer_id).to_base58() == peer for a in p.addrs]
+        for address in addresses:
+            with trio.move_on_after(self._peers.dial_timeout_s):
+                try:
+                    await dial(self._host, address)
+                    return
+                except Exception as error:  # libp2p raises many unrelated types on a dial
+                    log.debug("ledger.dial_failed", peer=peer, error=str(error))
+        raise RequestFailed(peer, PBFT_PROTOCOL, "validator unreachable")
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = unix_ms()
+            due = []
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+            for timer in due:
+                await self._feed(rx.TimerFired(timer=timer))
+            wait_s = (self._timers[0][0] - now) / 1000 if self._timers else 1.0
+            with trio.move_on_after(max(0.0, wait_s)):
+                await self._timer_changed.wait()
+            self._timer_changed = trio.Event()
+
+    # -- transactions ------------------------------------------------------------------
+
+    async def submit_own(
+        self, kind: TxKind, amount: int, to: bytes, timeout_s: float
+    ) -> rx.ClientCommitted:
+        """Sign a transaction with the node's key, submit it and wait for its commit."""
+        if self.replica is None:
+            raise TxFailed("not_validator", "this node is not a validator of its chain")
+        if len(self._waiting) >= CLIENTS_WAITING_MAX:
+            raise TxFailed("busy", "too many transactions waiting; retry later")
+        account = self.ledger().account(self.signer.public_key)
+        nonce = self._nonce_next = max(self._nonce_next, account.nonce)
+        body = TxBody(
+            chain_id=self.genesis.chain_id,
+            kind=kind,
+            sender=self.signer.public_key,
+            nonce=nonce,
+            fee=self.genesis.params.fee_min,
+            amount=amount,
+            to=to,
+        )
+        self._nonce_next += 1
+        return await self.submit(sign_tx(body, self.signer).encoded, timeout_s)
+
+    async def submit(self, tx: bytes, timeout_s: float) -> rx.ClientCommitted:
+        request_id = next(self._request_ids)
+        waiting = self._waiting[request_id] = _Waiting()
+        try:
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
+            with trio.move_on_after(timeout_s):
+                await waiting.done.wait()
+        finally:
+            self._waiting.pop(request_id, None)
+        outcome = waiting.outcome
+        if outcome is None:
+            self._nonce_next = 0  # resynchronise with the ledger on the next submission
+            raise TxFailed("timeout", f"not committed within {timeout_s:g} s (it may still be)")
+        if isinstance(outcome, rx.ClientRejected):
+            self._nonce_next = 0
+            raise TxFailed(outcome.reason_code, outcome.message)
+        return outcome
