@@ -87,6 +87,7 @@ class LedgerMethods:
         dispatcher.register(
             "tx_transfer", self.tx_transfer, [Param("to", str), Param("amount", str), wait]
         )
+        dispatcher.register("tx_submit", self.tx_submit, [Param("tx", str), wait])
         dispatcher.register("tx_stake", self.tx_stake, [Param("amount", str), wait])
         dispatcher.register("tx_unstake", self.tx_unstake, [Param("amount", str), wait])
         dispatcher.register("ledger_head", self.ledger_head)
@@ -118,6 +119,21 @@ class LedgerMethods:
     async def tx_transfer(self, to: str, amount: str, wait_s: float = 30.0) -> dict[str, Any]:
         return await self._submit(TxKind.TRANSFER, parse_ftns(amount), _address(to, "to"), wait_s)
 
+    async def tx_submit(self, tx: str, wait_s: float = 30.0) -> dict[str, Any]:
+        """A transaction signed elsewhere (hex of its canonical bytes): every check runs."""
+        _check_wait(wait_s)
+        try:
+            encoded = bytes.fromhex(tx)
+        except ValueError:
+            raise RpcError(ErrorCode.INVALID_PARAMS, "param 'tx': not hex") from None
+        try:
+            committed = await self._ledger.submit(encoded, wait_s)
+        except TxFailed as error:
+            raise RpcError(
+                ErrorCode.NODE_ERROR, f"transaction {error.reason_code}: {error}"
+            ) from None
+        return {"tx_hash": committed.tx_hash.hex(), "height": committed.height}
+
     async def tx_stake(self, amount: str, wait_s: float = 30.0) -> dict[str, Any]:
         return await self._submit(TxKind.STAKE, parse_ftns(amount), b"", wait_s)
 
@@ -125,10 +141,7 @@ class LedgerMethods:
         return await self._submit(TxKind.UNSTAKE, parse_ftns(amount), b"", wait_s)
 
     async def _submit(self, kind: TxKind, amount: int, to: bytes, wait_s: float) -> dict[str, Any]:
-        if not 0 < wait_s <= TX_WAIT_S_MAX:
-            raise RpcError(
-                ErrorCode.INVALID_PARAMS, f"param 'wait_s': 0 < wait_s <= {TX_WAIT_S_MAX:g}"
-            )
+        _check_wait(wait_s)
         try:
             committed = await self._ledger.submit_own(kind, amount, to, wait_s)
         except TxFailed as error:
@@ -186,6 +199,11 @@ class LedgerMethods:
             "f": f,
             "quorum": 2 * f + 1,
         }
+
+
+def _check_wait(wait_s: float) -> None:
+    if not 0 < wait_s <= TX_WAIT_S_MAX:
+        raise RpcError(ErrorCode.INVALID_PARAMS, f"param 'wait_s': 0 < wait_s <= {TX_WAIT_S_MAX:g}")
 
 
 async def _in_thread(function: Any, *args: Any) -> Any:

@@ -270,6 +270,8 @@ class LedgerService:
         return await self.submit(sign_tx(body, self.signer).encoded, timeout_s)
 
     async def submit(self, tx: bytes, timeout_s: float) -> rx.ClientCommitted:
+        if self.replica is None:
+            raise TxFailed("not_validator", "this node is not a validator of its chain")
         request_id = next(self._request_ids)
         waiting = self._waiting[request_id] = _Waiting()
         try:

@@ -9,8 +9,12 @@ from collections.abc import Callable
 
 import pytest
 
+from consensus.codec import Ed25519Signer
+from consensus.genesis import Genesis
+from consensus.tx import SignedTx, TxBody, TxKind, sign_tx
 from prsm_node.control import RpcCallError
 from prsm_node.devnet import Devnet, wait_for
+from prsm_node.identity import read_seed
 
 from .conftest import run_cli
 
@@ -127,3 +131,47 @@ def test_ledger_cli_prints_one_json_object(make_devnet: Callable[..., Devnet]) -
     overspend = run_cli("tx", "transfer", SINK, "99999999", "--data-dir", data_dir)
     assert overspend.returncode == 1 and "insufficient_balance" in overspend.stderr
     assert "Traceback" not in overspend.stderr
+
+
+def test_bad_transactions_are_rejected_and_never_enter_a_block(
+    make_devnet: Callable[..., Devnet],
+) -> None:
+    devnet = make_devnet(1)
+    node = devnet.nodes[0]
+    signer = Ed25519Signer.from_seed(read_seed(node.data_dir / "node.key"))
+    genesis = Genesis.from_json((node.data_dir / "genesis.json").read_text())
+    account = devnet.call(0, "wallet_balance")
+
+    def signed(**changes: object) -> SignedTx:
+        fields = {
+            "chain_id": genesis.chain_id,
+            "kind": TxKind.TRANSFER,
+            "sender": signer.public_key,
+            "nonce": account["nonce"],
+            "fee": genesis.params.fee_min,
+            "amount": 10**18,
+            "to": bytes.fromhex(SINK),
+        }
+        return sign_tx(TxBody(**(fields | changes)), signer)
+
+    good = signed()
+    forged = good.encoded.replace(good.signature, bytes(64))
+    cases = {
+        "bad_signature": forged,
+        "wrong_chain": signed(chain_id="another-chain").encoded,
+        "insufficient_balance": signed(amount=10**30).encoded,
+        "fee_too_low": signed(fee=0).encoded,
+        "oversize": good.encoded + b"\0" * genesis.params.tx_size_max,
+    }
+    height_before = head(devnet, 0)["height"]
+    with devnet.client(0, timeout_s=60) as client:
+        for reason, data in cases.items():
+            with pytest.raises(RpcCallError) as caught:
+                client.call("tx_submit", {"tx": data.hex(), "wait_s": 10.0})
+            assert reason in caught.value.message or "malformed" in caught.value.message, reason
+        committed = client.call("tx_submit", {"tx": good.encoded.hex()})
+        with pytest.raises(RpcCallError, match=r"nonce|duplicate"):  # the same tx replayed
+            client.call("tx_submit", {"tx": good.encoded.hex(), "wait_s": 10.0})
+    assert committed["height"] == height_before + 1
+    sink = devnet.call(0, "wallet_balance", {"address": SINK})
+    assert sink["balance"] == "1"  # only the good transfer moved money
