@@ -331,11 +331,15 @@ def devnet_init_command(
     directory: Annotated[Path, typer.Option("--dir", help="Where the data dirs go.")] = Path(
         "devnet"
     ),
+    validators: Annotated[
+        int | None, typer.Option("--validators", help="Validators (default: every node).")
+    ] = None,
 ) -> None:
-    """Write N data dirs on 127.0.0.1 with free ports; node1.. bootstrap from node0."""
+    """Write N data dirs on 127.0.0.1 with free ports; node1.. bootstrap from node0; one
+    shared genesis in which the first --validators nodes validate and the rest follow."""
     from prsm_node.devnet import devnet_init
 
-    created = devnet_init(directory, nodes)
+    created = devnet_init(directory, nodes, validators=validators)
     for node in created:
         typer.echo(f"{node.name}  {node.peer_id}  {node.listen}  {node.data_dir}")
     typer.echo(f"devnet of {len(created)} nodes in {directory}")

@@ -64,11 +64,16 @@ def free_tcp_ports(count: int) -> list[int]:
 
 
 def devnet_init(
-    directory: Path, nodes: int, network: NetworkConfig | None = None
+    directory: Path,
+    nodes: int,
+    network: NetworkConfig | None = None,
+    validators: int | None = None,
 ) -> list[DevnetNode]:
     """Create the data dirs and devnet.json; refuses to overwrite an existing devnet."""
     if not 1 <= nodes <= NODES_MAX:
         raise UserError(f"--nodes must be between 1 and {NODES_MAX}")
+    if validators is not None and not 1 <= validators <= nodes:
+        raise UserError(f"--validators must be between 1 and --nodes ({nodes})")
     if (directory / MANIFEST_NAME).exists():
         raise UserError(f"{directory} already holds a devnet; remove it or pick another --dir")
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +88,7 @@ def devnet_init(
         data_dir.check_socket_path()
         peer_id = peer_id_of(read_seed(data_dir.key_file))
         created.append(DevnetNode(f"node{index}", data_dir.root, peer_id, listen))
-    _write_shared_genesis(created)
+    _write_shared_genesis(created, validators)
     manifest = [
         {"name": n.name, "data_dir": str(n.data_dir), "peer_id": n.peer_id, "listen": n.listen}
         for n in created
@@ -92,12 +97,13 @@ def devnet_init(
     return created
 
 
-def _write_shared_genesis(nodes: list[DevnetNode]) -> None:
-    """One chain for the whole devnet: every node a validator with a funded account."""
+def _write_shared_genesis(nodes: list[DevnetNode], validators: int | None) -> None:
+    """One chain for the whole devnet: every node funded; node0.. node(validators-1)
+    validators (all by default), the rest followers."""
     keys = [
         bytes(SigningKey(read_seed(DataDir(node.data_dir).key_file)).verify_key) for node in nodes
     ]
-    genesis = devnet_genesis(keys, f"prsm-devnet-{keys[0].hex()[:8]}", unix_ms())
+    genesis = devnet_genesis(keys, f"prsm-devnet-{keys[0].hex()[:8]}", unix_ms(), validators)
     for node in nodes:
         write_genesis(node.data_dir / GENESIS_FILE_NAME, genesis)
 

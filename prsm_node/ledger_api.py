@@ -169,7 +169,7 @@ class LedgerMethods:
         }
 
     async def ledger_block(self, height: int) -> dict[str, Any]:
-        found = await _in_thread(self._ledger.store.block, height)
+        found = await self._ledger.block(height)
         if found is None:
             raise RpcError(
                 ErrorCode.NODE_ERROR,
@@ -204,9 +204,3 @@ class LedgerMethods:
 def _check_wait(wait_s: float) -> None:
     if not 0 < wait_s <= TX_WAIT_S_MAX:
         raise RpcError(ErrorCode.INVALID_PARAMS, f"param 'wait_s': 0 < wait_s <= {TX_WAIT_S_MAX:g}")
-
-
-async def _in_thread(function: Any, *args: Any) -> Any:
-    import trio
-
-    return await trio.to_thread.run_sync(function, *args)

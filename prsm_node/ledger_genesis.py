@@ -20,13 +20,17 @@ DEVNET_STAKE = Params().validator_stake_min
 GENESIS_FILE_BYTES_MAX = 16 * 1024 * 1024
 
 
-def devnet_genesis(public_keys: list[bytes], chain_id: str, genesis_time_ms: int) -> Genesis:
-    """Every key a validator with the minimum stake and a funded account."""
+def devnet_genesis(
+    public_keys: list[bytes], chain_id: str, genesis_time_ms: int, validators: int | None = None
+) -> Genesis:
+    """Every key a funded account; the first `validators` keys (default: all) validators
+    with the minimum stake, the others followers."""
+    count = len(public_keys) if validators is None else validators
     return Genesis(
         chain_id=chain_id,
         genesis_time_ms=genesis_time_ms,
         allocations=tuple((key, DEVNET_BALANCE) for key in public_keys),
-        validators=tuple((key, DEVNET_STAKE) for key in public_keys),
+        validators=tuple((key, DEVNET_STAKE) for key in public_keys[:count]),
         params=Params(),
     )
 

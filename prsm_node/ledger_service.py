@@ -39,6 +39,13 @@ from dht import node_effects as dht_effects
 from dht.keys import key_from_bytes
 from prsm_node.dht_service import DhtService, unix_ms
 from prsm_node.errors import PeerProtocolError
+from prsm_node.ledger_follow import (
+    BLOCKS_PER_REQUEST_MAX,
+    FOLLOW_INTERVAL_S,
+    LEDGER_PROTOCOL,
+    checked_blocks,
+    serve_blocks,
+)
 from prsm_node.net.host import dial
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
@@ -108,7 +115,8 @@ class LedgerService:
         self._request_ids = itertools.count(1)
         self._sends_in_flight = 0
         self._nonce_next = 0
-        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0}
+        self._followed: LedgerState | None = None if self.replica else self.store.ledger()
+        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0}
         self._nursery: trio.Nursery | None = None
 
     # -- queries -----------------------------------------------------------------------
@@ -118,18 +126,24 @@ class LedgerService:
         return list(self._peer_of_index)
 
     def ledger(self) -> LedgerState:
-        return self.replica.ledger if self.replica is not None else self.store.ledger()
+        if self.replica is not None:
+            return self.replica.ledger
+        assert self._followed is not None
+        return self._followed
 
     # -- running -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._wire.register(PBFT_PROTOCOL, self._serve)
+        self._wire.register(LEDGER_PROTOCOL, self._serve_blocks)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 if self.replica is not None:
                     nursery.start_soon(self._timer_loop)
                     await self._feed(rx.Start())
+                else:
+                    nursery.start_soon(self._follow_loop)
                 log.info("ledger.started", validator_index=self.index, height=self.ledger().height)
                 task_status.started()
         finally:
@@ -149,6 +163,44 @@ class LedgerService:
             raise PeerProtocolError(peer, f"pbft: {error}") from None
         await self._feed(rx.MessageReceived(peer=index, message=message))
         return b""
+
+    async def block(self, height: int) -> Any:
+        """(block, certificate) at `height` from the store, or None."""
+        async with self._lock:  # the store is one connection: one caller at a time
+            return await trio.to_thread.run_sync(self.store.block, height)
+
+    async def _serve_blocks(self, peer: str, payload: Any) -> dict[str, Any]:
+        async with self._lock:  # never read the store half-way through a write
+            return await serve_blocks(self.store, peer, payload)
+
+    async def _follow_loop(self) -> None:
+        """A follower pulls certified blocks from the validators, round robin."""
+        for turn in itertools.count():
+            peer = self._peer_of_index[turn % len(self._peer_of_index)]
+            try:
+                await self._follow_from(peer)
+            except RequestFailed as error:
+                log.debug("ledger.follow_failed", peer=peer, reason=error.reason)
+            except PeerProtocolError as error:
+                self._peers.penalise(peer, error.reason)
+            await trio.sleep(FOLLOW_INTERVAL_S)
+
+    async def _follow_from(self, peer: str) -> None:
+        while True:
+            assert self._followed is not None
+            await self._connect(peer)
+            request = {"from": self._followed.height + 1, "count": BLOCKS_PER_REQUEST_MAX}
+            answer = await self._wire.request(peer, LEDGER_PROTOCOL, request)
+            state, writes = await trio.to_thread.run_sync(
+                checked_blocks, peer, answer, self._followed, self.validator_keys
+            )
+            if not writes:
+                return
+            async with self._lock:
+                await trio.to_thread.run_sync(self.store.write_batch, writes)
+                self._followed = state
+            self.counters["followed"] += len(writes)
+            log.info("ledger.followed", peer=peer, height=state.height)
 
     async def _feed(self, event: Any) -> None:
         assert self.replica is not None

@@ -30,8 +30,14 @@ TEST_NETWORK = replace(
 def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
     started: list[Devnet] = []
 
-    def make(nodes: int, network: NetworkConfig = TEST_NETWORK, start: bool = True) -> Devnet:
-        devnet = Devnet(devnet_init(short_dir / f"net{len(started)}", nodes, network))
+    def make(
+        nodes: int,
+        network: NetworkConfig = TEST_NETWORK,
+        start: bool = True,
+        validators: int | None = None,
+    ) -> Devnet:
+        directory = short_dir / f"net{len(started)}"
+        devnet = Devnet(devnet_init(directory, nodes, network, validators=validators))
         started.append(devnet)
         if start:
             devnet.start_all()

@@ -5,6 +5,7 @@ replica catches up to the same state."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from consensus.codec import Ed25519Signer
 from consensus.genesis import Genesis
 from consensus.tx import SignedTx, TxBody, TxKind, sign_tx
-from prsm_node.control import RpcCallError
+from prsm_node.control import ControlClientError, RpcCallError
 from prsm_node.devnet import Devnet, wait_for
 from prsm_node.identity import read_seed
 
@@ -49,7 +50,11 @@ def wait_same_head(devnet: Devnet, indexes: list[int], height_min: int) -> dict:
         same = {(h["height"], h["block_hash"], h["state_root"]) for h in heads}
         return heads[0] if len(same) == 1 and heads[0]["height"] >= height_min else None
 
-    return wait_for(agreed, 60, f"nodes {indexes} agreeing on one head at >= {height_min}")
+    try:
+        return wait_for(agreed, 60, f"nodes {indexes} agreeing on one head at >= {height_min}")
+    except TimeoutError as error:
+        heights = {index: head(devnet, index)["height"] for index in indexes}
+        raise TimeoutError(f"{error}; heights {heights}") from None
 
 
 def test_lone_node_is_a_one_validator_ledger(make_devnet: Callable[..., Devnet]) -> None:
@@ -75,32 +80,69 @@ def test_lone_node_is_a_one_validator_ledger(make_devnet: Callable[..., Devnet])
     assert block["txs"] >= 1 and block["commit_signatures"] == 1
 
 
-def test_four_validators_agree_and_survive_a_killed_primary(
+class Load:
+    """Clients submitting transfers to every validator until stopped; a client whose node is
+    down retries at a steady pace. Keeps every acknowledged commit."""
+
+    def __init__(self, devnet: Devnet, nodes: list[int]) -> None:
+        self.devnet, self.stop = devnet, threading.Event()
+        self.acknowledged: list[dict] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in nodes]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(120)
+
+    def _run(self, index: int) -> None:
+        while not self.stop.is_set():
+            try:
+                self.acknowledged.append(transfer(self.devnet, index))
+            except ControlClientError:
+                self.stop.wait(0.2)  # its node is down or busy: pace the retries
+
+    def wait_more(self, count: int, what: str) -> None:
+        target = len(self.acknowledged) + count
+        wait_for(lambda: len(self.acknowledged) >= target, 90, what)
+
+
+def test_four_validators_and_a_follower_survive_killed_primary_and_backup(
     make_devnet: Callable[..., Devnet],
 ) -> None:
-    devnet = make_devnet(4)
+    devnet = make_devnet(5, validators=4)
     wait_mesh(devnet)
     validators = devnet.call(0, "ledger_validators")
     assert len(validators["validators"]) == 4 and validators["quorum"] == 3
-    committed = [transfer(devnet, index % 4) for index in range(8)]
-    wait_same_head(devnet, [0, 1, 2, 3], max(c["height"] for c in committed))
+    order = [v["peer_id"] for v in validators["validators"]]
+    node_of = {node.peer_id: index for index, node in enumerate(devnet.nodes)}
+    primary, backup = node_of[order[0]], node_of[order[1]]
+    follower = 4
+    assert devnet.nodes[follower].peer_id not in order
 
-    primary_peer = validators["validators"][0]["peer_id"]
-    primary = next(i for i, node in enumerate(devnet.nodes) if node.peer_id == primary_peer)
-    alive = [index for index in range(4) if index != primary]
-    devnet.kill(primary)
-    committed += [transfer(devnet, alive[index % 3]) for index in range(6)]
-    top = max(c["height"] for c in committed)
-    wait_same_head(devnet, alive, top)
-    assert head(devnet, alive[0])["view"] >= 1  # a view change replaced the primary
-
-    devnet.start(primary)
-    devnet.wait_ready(primary)
-    committed.append(transfer(devnet, alive[0]))
-    final = wait_same_head(devnet, [0, 1, 2, 3], committed[-1]["height"])
-    assert final["supply"] == "4004000"
-    sink = devnet.call(primary, "wallet_balance", {"address": SINK})
-    assert sink["balance"] == str(len(committed))
+    with Load(devnet, [node_of[peer] for peer in order]) as load:
+        load.wait_more(10, "commits under steady load")
+        devnet.kill(primary)
+        load.wait_more(10, "commits after the primary was killed")
+        devnet.start(primary)
+        devnet.wait_ready(primary)
+        devnet.kill(backup)
+        load.wait_more(10, "commits after a backup was killed")
+        devnet.start(backup)
+        devnet.wait_ready(backup)
+        load.wait_more(5, "commits with every validator back")
+    acknowledged = len(load.acknowledged)
+    top = max(c["height"] for c in load.acknowledged)
+    final = wait_same_head(devnet, [0, 1, 2, 3, follower], top)
+    assert final["supply"] == "5004000"  # 5 funded accounts + 4 stakes, nothing minted
+    assert head(devnet, primary)["view"] >= 1  # the first primary was voted out
+    sinks = {devnet.call(i, "wallet_balance", {"address": SINK})["balance"] for i in range(5)}
+    assert len(sinks) == 1  # every node, the follower too, holds the same balances
+    assert int(sinks.pop()) >= acknowledged  # every acknowledged transfer is in the ledger
 
 
 def test_ledger_cli_prints_one_json_object(make_devnet: Callable[..., Devnet]) -> None:
