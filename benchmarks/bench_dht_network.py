@@ -11,24 +11,17 @@ from the lookup itself. Results go in BENCHMARKS.md with the date and the machin
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
-import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
+
+from bench_common import percentile, report
 
 from prsm_node.config import NetworkConfig
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def summary(results: list[dict]) -> dict[str, float]:
@@ -90,11 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     figures = run(args.nodes, args.lookups, args.seed)
-    figures["machine"] = f"{platform.machine()}, Python {sys.version.split()[0]}"
-    figures["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(figures, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(figures, indent=1))
+    report(figures, args.out)
 
 
 if __name__ == "__main__":

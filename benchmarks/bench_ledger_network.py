@@ -10,23 +10,17 @@ is acknowledged commits per second. Results go in BENCHMARKS.md with date and ma
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from bench_common import percentile, report
+
 from prsm_node.control import ControlClientError
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 
 SINK = "aa" * 32
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
 def client_loop(
@@ -100,11 +94,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     figures = run(args.validators, args.seconds, args.clients_per_node)
-    figures["machine"] = f"{platform.machine()}, Python {sys.version.split()[0]}"
-    figures["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(figures, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(figures, indent=1))
+    report(figures, args.out)
 
 
 if __name__ == "__main__":

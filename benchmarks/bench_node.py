@@ -15,26 +15,19 @@ devnet launcher; results go in BENCHMARKS.md with the date and the machine.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import psutil
+from bench_common import percentile, report
 
 from prsm_node.config import NetworkConfig
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 
 IDLE_S = 5.0
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def measure_start(root: Path, runs: int) -> list[float]:
@@ -92,13 +85,7 @@ def main() -> None:
             "start_max_s": round(max(starts), 3),
             **measure_running_pair(root, args.calls, args.pings),
         }
-    figures["machine"] = (
-        f"{platform.machine()}, {psutil.cpu_count()} cores, Python {sys.version.split()[0]}"
-    )
-    figures["date"] = time.strftime("%Y-%m-%d")
-    print(json.dumps(figures, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(figures, indent=1))
+    report(figures, args.out)
 
 
 if __name__ == "__main__":

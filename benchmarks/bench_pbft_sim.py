@@ -42,20 +42,35 @@ CHAIN = "prsm-bench-1"
 
 def run(validators: int, txs: int, rate: int, batch: int, seed: int) -> dict[str, object]:
     signers = _validator_signers(validators)
-    users = [Ed25519Signer.from_seed(hashlib.sha256(b"bench/%d" % i).digest())
-             for i in range(max(1, txs // 50))]
-    genesis = Genesis(chain_id=CHAIN, genesis_time_ms=0,
-                      allocations=tuple((u.public_key, 10**6 * UNITS_PER_FTNS) for u in users),
-                      validators=tuple((v.public_key, 1000 * UNITS_PER_FTNS) for v in signers),
-                      params=Params(batch_size_max=batch))
-    config = ReplicaConfig(mempool_max=max(20_000, txs), mempool_per_sender_max=64,
-                           view_change_timeout_ms=10_000, retransmit_interval_ms=1_000)
+    users = [
+        Ed25519Signer.from_seed(hashlib.sha256(b"bench/%d" % i).digest())
+        for i in range(max(1, txs // 50))
+    ]
+    genesis = Genesis(
+        chain_id=CHAIN,
+        genesis_time_ms=0,
+        allocations=tuple((u.public_key, 10**6 * UNITS_PER_FTNS) for u in users),
+        validators=tuple((v.public_key, 1000 * UNITS_PER_FTNS) for v in signers),
+        params=Params(batch_size_max=batch),
+    )
+    config = ReplicaConfig(
+        mempool_max=max(20_000, txs),
+        mempool_per_sender_max=64,
+        view_change_timeout_ms=10_000,
+        retransmit_interval_ms=1_000,
+    )
     encoded = []
     for index in range(txs):
         user = users[index % len(users)]
-        body = TxBody(chain_id=CHAIN, kind=TxKind.TRANSFER, sender=user.public_key,
-                      nonce=index // len(users), fee=10**15, amount=1,
-                      to=users[(index + 1) % len(users)].public_key)
+        body = TxBody(
+            chain_id=CHAIN,
+            kind=TxKind.TRANSFER,
+            sender=user.public_key,
+            nonce=index // len(users),
+            fee=10**15,
+            amount=1,
+            to=users[(index + 1) % len(users)].public_key,
+        )
         encoded.append(sign_tx(body, user).encoded)
     executed = [0] * validators
     done_at = [0] * validators
@@ -68,11 +83,16 @@ def run(validators: int, txs: int, rate: int, batch: int, seed: int) -> dict[str
             if not first_block_ms[0]:
                 first_block_ms[0] = now_ms
 
-    sim = Simulator(seed=seed, adapter=PbftSimAdapter(validators), network=NetworkModel(),
-                    on_output=on_output)
+    sim = Simulator(
+        seed=seed, adapter=PbftSimAdapter(validators), network=NetworkModel(), on_output=on_output
+    )
     for address in range(validators):
-        sim.add_node(address, lambda a, disk, rng: Replica(
-            index=a, signer=signers[a], genesis=genesis, config=config))
+        sim.add_node(
+            address,
+            lambda a, disk, rng: Replica(
+                index=a, signer=signers[a], genesis=genesis, config=config
+            ),
+        )
         sim.inject(address, Start())
     interval_us = 1_000_000 // rate
     for index, data in enumerate(encoded):
@@ -84,13 +104,19 @@ def run(validators: int, txs: int, rate: int, batch: int, seed: int) -> dict[str
     wall_s = time.perf_counter() - started
     simulated_s = (max(done_at) - 100) / 1000
     stats = sim.statistics()
-    return {"validators": validators, "txs": txs, "offered_rate_per_s": rate,
-            "batch_size_max": batch, "all_executed": min(executed) == txs,
-            "simulated_s": simulated_s, "wall_s": round(wall_s, 3),
-            "tx_per_simulated_s": round(txs / simulated_s, 1) if simulated_s > 0 else None,
-            "tx_per_wall_s": round(txs / wall_s, 1),
-            "messages_delivered": stats.messages_delivered,
-            "blocks": sim.core(0).executed}
+    return {
+        "validators": validators,
+        "txs": txs,
+        "offered_rate_per_s": rate,
+        "batch_size_max": batch,
+        "all_executed": min(executed) == txs,
+        "simulated_s": simulated_s,
+        "wall_s": round(wall_s, 3),
+        "tx_per_simulated_s": round(txs / simulated_s, 1) if simulated_s > 0 else None,
+        "tx_per_wall_s": round(txs / wall_s, 1),
+        "messages_delivered": stats.messages_delivered,
+        "blocks": sim.core(0).executed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args(argv)
-    results = {"machine": platform.platform(), "python": platform.python_version(),
-               "date": time.strftime("%Y-%m-%d"), "runs": []}
+    results = {
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": [],
+    }
     for validators in args.validators:
         result = run(validators, args.txs, args.rate, args.batch, args.seed)
         results["runs"].append(result)

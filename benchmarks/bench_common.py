@@ -1,0 +1,33 @@
+"""What every benchmark script shares: percentiles and how figures are reported.
+
+Scripts run as `python benchmarks/NAME.py`, so this directory is on sys.path first.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value at `fraction` of the sorted values (nearest rank); 0.0 for none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def report(figures: dict[str, Any], out: Path | None) -> None:
+    """Stamp the figures with the machine and the date, print them, and save them."""
+    figures["machine"] = (
+        f"{platform.machine()}, {psutil.cpu_count()} cores, Python {sys.version.split()[0]}"
+    )
+    figures["date"] = time.strftime("%Y-%m-%d")
+    text = json.dumps(figures, indent=1)
+    print(text)
+    if out is not None:
+        out.write_text(text)
