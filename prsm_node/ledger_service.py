@@ -53,6 +53,8 @@ from prsm_node.net.wire import RequestFailed, Wire
 log = structlog.get_logger(__name__)
 
 PBFT_PROTOCOL = "/prsm/pbft/1.0.0"
+LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
+FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
 SENDS_IN_FLIGHT_MAX = 512
 CLIENTS_WAITING_MAX = 4096
@@ -136,6 +138,7 @@ class LedgerService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._wire.register(PBFT_PROTOCOL, self._serve)
         self._wire.register(LEDGER_PROTOCOL, self._serve_blocks)
+        self._wire.register(LEDGER_TX_PROTOCOL, self._serve_tx)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -303,8 +306,6 @@ class LedgerService:
         self, kind: TxKind, amount: int, to: bytes, timeout_s: float
     ) -> rx.ClientCommitted:
         """Sign a transaction with the node's key, submit it and wait for its commit."""
-        if self.replica is None:
-            raise TxFailed("not_validator", "this node is not a validator of its chain")
         if len(self._waiting) >= CLIENTS_WAITING_MAX:
             raise TxFailed("busy", "too many transactions waiting; retry later")
         account = self.ledger().account(self.signer.public_key)
@@ -323,7 +324,7 @@ class LedgerService:
 
     async def submit(self, tx: bytes, timeout_s: float) -> rx.ClientCommitted:
         if self.replica is None:
-            raise TxFailed("not_validator", "this node is not a validator of its chain")
+            return await self._submit_through_validator(tx, timeout_s)
         request_id = next(self._request_ids)
         waiting = self._waiting[request_id] = _Waiting()
         try:
@@ -340,3 +341,53 @@ class LedgerService:
             self._nonce_next = 0
             raise TxFailed(outcome.reason_code, outcome.message)
         return outcome
+
+    # -- transactions from followers ---------------------------------------------------
+
+    async def _submit_through_validator(self, tx: bytes, timeout_s: float) -> rx.ClientCommitted:
+        """A follower has no mempool: it hands the transaction to a validator, trying the
+        next one when a validator cannot be reached, until `timeout_s` runs out."""
+        wait_ms = int(min(timeout_s, FORWARDED_WAIT_S_MAX) * 1000)
+        with trio.move_on_after(timeout_s):
+            for turn in itertools.count():
+                peer = self._peer_of_index[turn % len(self._peer_of_index)]
+                try:
+                    await self._connect(peer)
+                    answer = await self._wire.request(
+                        peer, LEDGER_TX_PROTOCOL, {"tx": tx, "wait_ms": wait_ms}
+                    )
+                except RequestFailed as error:
+                    log.debug("ledger.forward_failed", peer=peer, reason=error.reason)
+                    await trio.sleep(FOLLOW_INTERVAL_S)
+                    continue
+                return _forwarded_outcome(peer, answer)
+        raise TxFailed("timeout", f"no validator committed it within {timeout_s:g} s")
+
+    async def _serve_tx(self, peer: str, payload: Any) -> dict[str, Any]:
+        """A follower's transaction: every check of a local submission runs."""
+        if self.replica is None:
+            raise PeerProtocolError(peer, "ledger-tx: this node is not a validator")
+        if not isinstance(payload, dict) or set(payload) != {"tx", "wait_ms"}:
+            raise PeerProtocolError(peer, "ledger-tx: request must be {'tx', 'wait_ms'}")
+        tx, wait_ms = payload["tx"], payload["wait_ms"]
+        if not isinstance(tx, bytes) or len(tx) > self.genesis.params.tx_size_max:
+            raise PeerProtocolError(peer, "ledger-tx: tx must be bytes within tx_size_max")
+        if not isinstance(wait_ms, int) or isinstance(wait_ms, bool) or wait_ms < 1:
+            raise PeerProtocolError(peer, "ledger-tx: wait_ms must be a positive integer")
+        wait_s = min(wait_ms / 1000, FORWARDED_WAIT_S_MAX)
+        try:
+            committed = await self.submit(tx, wait_s)
+        except TxFailed as error:
+            return {"ok": False, "reason": error.reason_code, "message": str(error)[:200]}
+        return {"ok": True, "tx_hash": committed.tx_hash, "height": committed.height}
+
+
+def _forwarded_outcome(peer: str, answer: Any) -> rx.ClientCommitted:
+    if not isinstance(answer, dict) or not isinstance(answer.get("ok"), bool):
+        raise TxFailed("bad_answer", f"validator {peer} answered malformed data")
+    if not answer["ok"]:
+        raise TxFailed(str(answer.get("reason"))[:40], str(answer.get("message"))[:200])
+    tx_hash, height = answer.get("tx_hash"), answer.get("height")
+    if not isinstance(tx_hash, bytes) or not isinstance(height, int):
+        raise TxFailed("bad_answer", f"validator {peer} answered malformed data")
+    return rx.ClientCommitted(request_id=0, tx_hash=tx_hash, height=height)
