@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,11 @@ class LedgerService:
     @property
     def peer_ids(self) -> list[str]:
         return list(self._peer_of_index)
+
+    def statistics(self) -> dict[str, Any]:
+        """Shell counters plus the replica's own snapshot (view, phase, heights, ...)."""
+        replica = asdict(self.replica.statistics()) if self.replica is not None else {}
+        return {"height": self.ledger().height, **self.counters, **replica}
 
     def ledger(self) -> LedgerState:
         if self.replica is not None:

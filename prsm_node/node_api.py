@@ -74,6 +74,7 @@ def register_node_methods(dispatcher: Dispatcher, context: NodeContext) -> None:
             "dials_failed": context.peers.dials_failed,
             "scores": asdict(context.scores.statistics()),
             "wire": context.wire.statistics(),
+            "ledger": context.ledger.statistics(),
         }
 
     async def node_shutdown() -> dict[str, Any]:

@@ -145,6 +145,9 @@ def test_four_validators_and_a_follower_survive_killed_primary_and_backup(
     sinks = {devnet.call(i, "wallet_balance", {"address": SINK})["balance"] for i in range(5)}
     assert len(sinks) == 1  # every node, the follower too, holds the same balances
     assert int(sinks.pop()) >= acknowledged  # every acknowledged transfer is in the ledger
+    assert devnet.call(follower, "node_statistics")["ledger"]["followed"] >= final["height"]
+    restarted = devnet.call(primary, "node_statistics")["ledger"]
+    assert restarted["executed_height"] == final["height"] and restarted["phase"] == "normal"
 
 
 def test_ledger_cli_prints_one_json_object(make_devnet: Callable[..., Devnet]) -> None:
