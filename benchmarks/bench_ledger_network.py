@@ -1,5 +1,11 @@
 """FTNS ledger throughput and commit latency: 4 validators as separate processes on 127.0.0.1.
 
+Two modes. `--mode wait` (default): clients call `tx_transfer`, which waits for the commit,
+so latency is submit-to-acknowledgement. `--mode admit`: each node's transfers are signed
+in advance (its own key, consecutive nonces) and pushed with `tx_submit(wait=false)` as
+fast as the mempool takes them; throughput is then transactions committed per second from
+the first push to the last commit (the saturating load of the issue).
+
 Run: `.venv/bin/python benchmarks/bench_ledger_network.py [--validators 4] [--seconds 20]
 [--clients-per-node 24]`. Each node signs transfers with its own key (`tx_transfer`, which
 waits for the commit); `clients-per-node` control connections per node keep submitting for
@@ -13,12 +19,19 @@ import argparse
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench_common import percentile, report
 
+from consensus.codec import Ed25519Signer
+from consensus.genesis import Genesis
+from consensus.tx import TxBody, TxKind, sign_tx
+from prsm_node.config import load_config, render_toml
 from prsm_node.control import ControlClientError
+from prsm_node.datadir import DataDir
 from prsm_node.devnet import Devnet, devnet_init, wait_for
+from prsm_node.identity import read_seed
 
 SINK = "aa" * 32
 
@@ -86,14 +99,110 @@ def run(validators: int, seconds: float, clients_per_node: int) -> dict[str, obj
     }
 
 
+def configure_for_saturation(devnet: Devnet, per_node: int) -> None:
+    """Room in each node's mempool for every pre-signed transaction of its sender."""
+    for node in devnet.nodes:
+        data_dir = DataDir(node.data_dir)
+        config = load_config(data_dir.config_file)
+        pbft = replace(config.pbft, mempool_per_sender_max=per_node, mempool_max=4 * per_node)
+        control = replace(config.control, connections_max=64)
+        data_dir.config_file.write_text(render_toml(replace(config, pbft=pbft, control=control)))
+
+
+def presigned(devnet: Devnet, index: int, count: int) -> list[str]:
+    node = devnet.nodes[index]
+    signer = Ed25519Signer.from_seed(read_seed(node.data_dir / "node.key"))
+    genesis = Genesis.from_json((node.data_dir / "genesis.json").read_text())
+    return [
+        sign_tx(
+            TxBody(
+                chain_id=genesis.chain_id,
+                kind=TxKind.TRANSFER,
+                sender=signer.public_key,
+                nonce=nonce,
+                fee=genesis.params.fee_min,
+                amount=10**15,
+                to=bytes.fromhex(SINK),
+            ),
+            signer,
+        ).encoded.hex()
+        for nonce in range(count)
+    ]
+
+
+def push(devnet: Devnet, index: int, txs: list[str], errors: list[str]) -> None:
+    with devnet.client(index, timeout_s=60) as client:
+        for tx in txs:
+            try:
+                client.call("tx_submit", {"tx": tx, "wait": False})
+            except ControlClientError as error:
+                errors.append(str(error)[:120])
+
+
+def run_admit(validators: int, per_node: int) -> dict[str, object]:
+    with (
+        tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory,
+        Devnet(devnet_init(Path(directory) / "net", validators)) as devnet,
+    ):
+        configure_for_saturation(devnet, per_node)
+        batches = [presigned(devnet, index, per_node) for index in range(validators)]
+        devnet.start_all()
+        for index in range(validators):
+            devnet.wait_ready(index)
+        for index in range(validators):
+            wait_for(
+                lambda i=index: len(devnet.call(i, "peers_list")["peers"]) == validators - 1,
+                60,
+                f"node{index} meshed",
+            )
+        total, errors = validators * per_node, []
+        threads = [
+            threading.Thread(target=push, args=(devnet, index, batches[index], errors))
+            for index in range(validators)
+        ]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pushed_s = time.perf_counter() - began
+        expected = f"{total / 1000:g}"  # each transfer moves 0.001 FTNS to the sink
+        wait_for(
+            lambda: devnet.call(0, "wallet_balance", {"address": SINK})["balance"] == expected,
+            300,
+            f"all {total} transfers committed",
+        )
+        elapsed = time.perf_counter() - began
+        height = devnet.call(0, "ledger_head")["height"]
+        roots = {devnet.call(i, "ledger_head")["state_root"] for i in range(validators)}
+    return {
+        "mode": "admit",
+        "validators": validators,
+        "transactions": total,
+        "push_s": round(pushed_s, 2),
+        "seconds": round(elapsed, 2),
+        "tx_per_s": round(total / elapsed, 1),
+        "blocks": height,
+        "tx_per_block": round(total / max(1, height), 1),
+        "errors": len(errors),
+        "error_sample": errors[:3],
+        "state_roots_after_load": len(roots),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--validators", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--clients-per-node", type=int, default=24)
+    parser.add_argument("--mode", choices=["wait", "admit"], default="wait")
+    parser.add_argument("--per-node", type=int, default=2500, help="admit mode: txs per node")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    figures = run(args.validators, args.seconds, args.clients_per_node)
+    if args.mode == "admit":
+        figures = run_admit(args.validators, args.per_node)
+    else:
+        figures = run(args.validators, args.seconds, args.clients_per_node)
     report(figures, args.out)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from consensus.genesis import UNITS_PER_FTNS
 from consensus.ledger import Account, verify_account_proof
-from consensus.tx import TxKind
+from consensus.tx import TxKind, decode_tx
 from prsm_node.control import Dispatcher, ErrorCode, Param, RpcError
 from prsm_node.ledger_service import LedgerService, TxFailed
 
@@ -87,7 +87,9 @@ class LedgerMethods:
         dispatcher.register(
             "tx_transfer", self.tx_transfer, [Param("to", str), Param("amount", str), wait]
         )
-        dispatcher.register("tx_submit", self.tx_submit, [Param("tx", str), wait])
+        dispatcher.register(
+            "tx_submit", self.tx_submit, [Param("tx", str), wait, Param("wait", bool, True)]
+        )
         dispatcher.register("tx_stake", self.tx_stake, [Param("amount", str), wait])
         dispatcher.register("tx_unstake", self.tx_unstake, [Param("amount", str), wait])
         dispatcher.register("ledger_head", self.ledger_head)
@@ -119,13 +121,22 @@ class LedgerMethods:
     async def tx_transfer(self, to: str, amount: str, wait_s: float = 30.0) -> dict[str, Any]:
         return await self._submit(TxKind.TRANSFER, parse_ftns(amount), _address(to, "to"), wait_s)
 
-    async def tx_submit(self, tx: str, wait_s: float = 30.0) -> dict[str, Any]:
-        """A transaction signed elsewhere (hex of its canonical bytes): every check runs."""
+    async def tx_submit(self, tx: str, wait_s: float = 30.0, wait: bool = True) -> dict[str, Any]:
+        """A transaction signed elsewhere (hex of its canonical bytes): every check runs.
+        With `wait` false the answer comes once the mempool took it (height null)."""
         _check_wait(wait_s)
         try:
             encoded = bytes.fromhex(tx)
         except ValueError:
             raise RpcError(ErrorCode.INVALID_PARAMS, "param 'tx': not hex") from None
+        if not wait:
+            try:
+                await self._ledger.admit(encoded)
+            except TxFailed as error:
+                raise RpcError(
+                    ErrorCode.NODE_ERROR, f"transaction {error.reason_code}: {error}"
+                ) from None
+            return {"tx_hash": tx_hash_of(encoded).hex(), "height": None}
         try:
             committed = await self._ledger.submit(encoded, wait_s)
         except TxFailed as error:
@@ -199,6 +210,11 @@ class LedgerMethods:
             "f": f,
             "quorum": 2 * f + 1,
         }
+
+
+def tx_hash_of(encoded: bytes) -> bytes:
+    """The hash of an admitted transaction (decoding cannot fail: the mempool took it)."""
+    return decode_tx(encoded, len(encoded)).tx_hash
 
 
 def _check_wait(wait_s: float) -> None:

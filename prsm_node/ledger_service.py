@@ -338,6 +338,24 @@ class LedgerService:
                 await waiting.done.wait()
         finally:
             self._waiting.pop(request_id, None)
+        return self._outcome(waiting, timeout_s)
+
+    async def admit(self, tx: bytes) -> None:
+        """Put a transaction in the mempool and return at once (like eth_sendRawTransaction);
+        raises TxFailed if the checks refuse it. Validators only."""
+        if self.replica is None:
+            raise TxFailed("not_validator", "only a validator admits without waiting")
+        waiting = _Waiting()
+        request_id = next(self._request_ids)
+        self._waiting[request_id] = waiting
+        try:
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
+        finally:
+            self._waiting.pop(request_id, None)
+        if isinstance(waiting.outcome, rx.ClientRejected):
+            raise TxFailed(waiting.outcome.reason_code, waiting.outcome.message)
+
+    def _outcome(self, waiting: _Waiting, timeout_s: float) -> rx.ClientCommitted:
         outcome = waiting.outcome
         if outcome is None:
             self._nonce_next = 0  # resynchronise with the ledger on the next submission

@@ -222,3 +222,11 @@ def test_bad_transactions_are_rejected_and_never_enter_a_block(
     assert committed["height"] == height_before + 1
     sink = devnet.call(0, "wallet_balance", {"address": SINK})
     assert sink["balance"] == "1"  # only the good transfer moved money
+    later = signed(nonce=account["nonce"] + 1)
+    admitted = devnet.call(0, "tx_submit", {"tx": later.encoded.hex(), "wait": False})
+    assert admitted == {"tx_hash": later.tx_hash.hex(), "height": None}
+    wait_for(
+        lambda: devnet.call(0, "wallet_balance", {"address": SINK})["balance"] == "2",
+        30,
+        "the admitted transfer committed",
+    )
