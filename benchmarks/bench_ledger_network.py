@@ -50,20 +50,19 @@ def client_loop(
             latencies.append((time.perf_counter() - began) * 1000)
 
 
+def start_meshed(devnet: Devnet) -> None:
+    devnet.start_all()
+    for index in range(len(devnet.nodes)):
+        devnet.wait_ready(index)
+    devnet.wait_meshed()
+
+
 def run(validators: int, seconds: float, clients_per_node: int) -> dict[str, object]:
     with (
         tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory,
         Devnet(devnet_init(Path(directory) / "net", validators)) as devnet,
     ):
-        devnet.start_all()
-        for index in range(validators):
-            devnet.wait_ready(index)
-        for index in range(validators):
-            wait_for(
-                lambda i=index: len(devnet.call(i, "peers_list")["peers"]) == validators - 1,
-                60,
-                f"node{index} meshed",
-            )
+        start_meshed(devnet)
         devnet.call(0, "tx_transfer", {"to": SINK, "amount": "1"})  # warm every path
         start_height = devnet.call(0, "ledger_head")["height"]
         latencies: list[float] = []
@@ -146,15 +145,7 @@ def run_admit(validators: int, per_node: int) -> dict[str, object]:
     ):
         configure_for_saturation(devnet, per_node)
         batches = [presigned(devnet, index, per_node) for index in range(validators)]
-        devnet.start_all()
-        for index in range(validators):
-            devnet.wait_ready(index)
-        for index in range(validators):
-            wait_for(
-                lambda i=index: len(devnet.call(i, "peers_list")["peers"]) == validators - 1,
-                60,
-                f"node{index} meshed",
-            )
+        start_meshed(devnet)
         total, errors = validators * per_node, []
         threads = [
             threading.Thread(target=push, args=(devnet, index, batches[index], errors))

@@ -183,6 +183,19 @@ class Devnet:
         except ControlClientError:
             return None
 
+    def wait_meshed(self, deadline_s: float = 60.0) -> None:
+        """Poll until every node is connected to every other node."""
+        everyone = {node.peer_id for node in self.nodes}
+        for index, node in enumerate(self.nodes):
+            wait_for(
+                lambda index=index, node=node: (
+                    {peer["peer_id"] for peer in self.call(index, "peers_list")["peers"]}
+                    == everyone - {node.peer_id}
+                ),
+                deadline_s,
+                f"{node.name} connected to all the others",
+            )
+
     def signal(self, index: int, signum: int) -> None:
         self._processes[index].send_signal(signum)
 

@@ -40,7 +40,6 @@ from dht.peer import ADDRS_MAX, PeerInfo
 from dht.records import Ed25519Signer
 from dht.routing import RoutingTable
 from prsm_node.errors import PeerProtocolError
-from prsm_node.net.host import dial
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 
@@ -185,7 +184,8 @@ class DhtService:
     async def _send(self, peer: PeerInfo, message: Request) -> None:
         peer_id = ID(peer.peer_id).to_base58()
         try:
-            await self._ensure_connected(peer_id, peer.addrs)
+            if not await self._peers.reach(peer_id, peer.addrs, remember=True):
+                raise RequestFailed(peer_id, DHT_PROTOCOL, "cannot connect to the peer")
             answer = await self._wire.request(peer_id, DHT_PROTOCOL, encode_message(message))
         except RequestFailed as error:
             self._feed(fx.RequestFailed(request_id=message.request_id, reason=error.reason))
@@ -195,19 +195,6 @@ class DhtService:
             self._feed(fx.RequestFailed(request_id=message.request_id, reason="bad answer"))
             return
         self._feed(fx.FrameReceived(peer=self._peer_info(peer_id), frame=answer))
-
-    async def _ensure_connected(self, peer_id: str, addrs: tuple[str, ...]) -> None:
-        if self._host.get_network().get_connections(ID.from_base58(peer_id)):
-            return
-        for address in addrs[:ADDRS_MAX]:
-            with trio.move_on_after(self._peers.dial_timeout_s):
-                try:
-                    await dial(self._host, address)
-                    self._peers.book.learn(address, int(trio.current_time() * 1000))
-                    return
-                except Exception as error:  # libp2p raises many unrelated types on a dial
-                    log.debug("dht.dial_failed", peer=peer_id, address=address, error=str(error))
-        raise RequestFailed(peer_id, DHT_PROTOCOL, "cannot connect to the peer")
 
     async def _serve(self, peer_id: str, payload: Any) -> bytes:
         if not isinstance(payload, bytes):

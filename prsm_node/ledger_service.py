@@ -46,7 +46,6 @@ from prsm_node.ledger_follow import (
     checked_blocks,
     serve_blocks,
 )
-from prsm_node.net.host import dial
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 
@@ -283,14 +282,8 @@ class LedgerService:
             )
             closest = getattr(result, "closest", ())
             addresses = [a for p in closest if ID(p.peer_id).to_base58() == peer for a in p.addrs]
-        for address in addresses:
-            with trio.move_on_after(self._peers.dial_timeout_s):
-                try:
-                    await dial(self._host, address)
-                    return
-                except Exception as error:  # libp2p raises many unrelated types on a dial
-                    log.debug("ledger.dial_failed", peer=peer, error=str(error))
-        raise RequestFailed(peer, PBFT_PROTOCOL, "validator unreachable")
+        if not await self._peers.reach(peer, addresses, remember=False):
+            raise RequestFailed(peer, PBFT_PROTOCOL, "validator unreachable")
 
     async def _timer_loop(self) -> None:
         while True:

@@ -34,7 +34,6 @@ from dht import node_effects as fx
 from dht.lookup import LookupResult
 from prsm_node.config import NetworkConfig, StorageSection
 from prsm_node.errors import PeerProtocolError
-from prsm_node.net.host import dial
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 from prsm_node.storage_fetch import BLOCKS_PROTOCOL, FetchDriver, FetchNetwork, FetchOutcome
@@ -365,18 +364,7 @@ class StorageService:
         return 0
 
     async def connect(self, peer: str, addrs: tuple[str, ...]) -> bool:
-        if self._host.get_network().get_connections(ID.from_base58(peer)):
-            return True
-        for address in addrs[:8]:
-            if f"/p2p/{peer}" not in address:
-                address = f"{address}/p2p/{peer}"
-            with trio.move_on_after(self.peers.dial_timeout_s):
-                try:
-                    await dial(self._host, address)
-                    return True
-                except Exception as error:  # libp2p raises many unrelated types on a dial
-                    log.debug("storage.dial_failed", peer=peer, address=address, error=str(error))
-        return False
+        return await self.peers.reach(peer, addrs, remember=False)
 
     def statistics(self) -> dict[str, Any]:
         counters = asdict(self.counters)

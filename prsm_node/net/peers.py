@@ -38,6 +38,7 @@ from prsm_node.net.wire import RequestFailed, Wire
 log = structlog.get_logger(__name__)
 
 PERSIST_INTERVAL_S = 2.0
+REACH_ADDRESSES_MAX = 8  # as dht.peer.ADDRS_MAX: addresses a peer record carries
 IDLE_WAKE_S = 1.0
 
 
@@ -161,6 +162,29 @@ class PeerManager:
         self.book.connected(peer_id, _now_ms())
         self._dirty = True
         return peer_id
+
+    async def reach(
+        self, peer: str, addresses: list[str] | tuple[str, ...], *, remember: bool
+    ) -> bool:
+        """Connected to `peer` already, or dialled through one of `addresses` (at most
+        REACH_ADDRESSES_MAX, each under the dial timeout); `remember` keeps the address that
+        worked in the peer book, so the peer is redialled if the connection drops."""
+        if self._host.get_network().get_connections(ID.from_base58(peer)):
+            return True
+        suffix = f"/p2p/{peer}"
+        for address in addresses[:REACH_ADDRESSES_MAX]:
+            if not address.endswith(suffix):
+                address += suffix
+            with trio.move_on_after(self.dial_timeout_s):
+                try:
+                    await dial(self._host, address)
+                except Exception as error:  # libp2p raises many unrelated types on a dial
+                    log.debug("peers.reach_failed", peer=peer, address=address, error=str(error))
+                    continue
+                if remember:
+                    self.book.learn(address, _now_ms())
+                return True
+        return False
 
     # -- connection events -------------------------------------------------------------
 

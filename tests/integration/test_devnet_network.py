@@ -25,21 +25,9 @@ def connected_peer_ids(devnet: Devnet, index: int) -> set[str]:
     return {peer["peer_id"] for peer in devnet.call(index, "peers_list")["peers"]}
 
 
-def wait_full_mesh(devnet: Devnet, deadline_s: float = 30) -> None:
-    everyone = {node.peer_id for node in devnet.nodes}
-    for index, node in enumerate(devnet.nodes):
-        wait_for(
-            lambda index=index, node=node: (
-                connected_peer_ids(devnet, index) == everyone - {node.peer_id}
-            ),
-            deadline_s,
-            f"{node.name} connected to all the others",
-        )
-
-
 def test_later_nodes_learn_each_other_through_the_first(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(3)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
     peers = devnet.call(1, "peers_list")["peers"]
     by_id = {peer["peer_id"]: peer for peer in peers}
     first = by_id[devnet.nodes[0].peer_id]
@@ -54,7 +42,7 @@ def test_later_nodes_learn_each_other_through_the_first(make_devnet: Callable[..
 
 def test_killed_first_node_rejoins_after_restart(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(3)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
     first = devnet.nodes[0]
     devnet.kill(0)
     for index in (1, 2):
@@ -66,12 +54,12 @@ def test_killed_first_node_rejoins_after_restart(make_devnet: Callable[..., Devn
     assert first.socket_path.exists()  # SIGKILL left its socket and lock behind
     devnet.start(0)
     devnet.wait_ready(0)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
 
 
 def test_sigterm_stops_cleanly_and_removes_socket_and_lock(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(2)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
     node = devnet.nodes[1]
     devnet.signal(1, signal.SIGTERM)
     assert devnet.wait_exit(1) == 0
@@ -91,7 +79,7 @@ def test_sigint_stops_cleanly(make_devnet: Callable[..., Devnet]):
 
 def test_ping_round_trip_over_the_framed_layer(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(2)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
     other = devnet.nodes[1].peer_id
     results = [devnet.call(0, "peers_ping", {"peer_id": other}) for _ in range(20)]
     assert all(result["peer_id"] == other and result["rtt_ms"] > 0 for result in results)
@@ -118,7 +106,7 @@ def test_bootstrap_peer_that_starts_late_is_reached_by_retrying(
     assert connected_peer_ids(devnet, 1) == set()
     devnet.start(0)
     devnet.wait_ready(0)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
 
 
 def test_inbound_connections_past_the_limit_are_refused(make_devnet: Callable[..., Devnet]):
@@ -140,7 +128,7 @@ def test_inbound_connections_past_the_limit_are_refused(make_devnet: Callable[..
 
 def test_logs_are_json_events_and_never_hold_the_key(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(2)
-    wait_full_mesh(devnet)
+    devnet.wait_meshed(30)
     node = devnet.nodes[1]
     assert devnet.stop(1) == 0
     lines = (node.data_dir / "logs" / "node.log").read_text().splitlines()

@@ -33,17 +33,6 @@ def transfer(devnet: Devnet, index: int, amount: str = "1", to: str = SINK) -> d
         return client.call("tx_transfer", {"to": to, "amount": amount, "wait_s": 60.0})
 
 
-def wait_mesh(devnet: Devnet) -> None:
-    for index in range(len(devnet.nodes)):
-        wait_for(
-            lambda index=index: (
-                len(devnet.call(index, "peers_list")["peers"]) == len(devnet.nodes) - 1
-            ),
-            60,
-            f"node{index} connected to every other validator",
-        )
-
-
 def wait_same_head(devnet: Devnet, indexes: list[int], height_min: int) -> dict:
     def agreed() -> dict | None:
         heads = [head(devnet, index) for index in indexes]
@@ -115,7 +104,7 @@ def test_four_validators_and_a_follower_survive_killed_primary_and_backup(
     make_devnet: Callable[..., Devnet],
 ) -> None:
     devnet = make_devnet(5, validators=4)
-    wait_mesh(devnet)
+    devnet.wait_meshed()
     validators = devnet.call(0, "ledger_validators")
     assert len(validators["validators"]) == 4 and validators["quorum"] == 3
     order = [v["peer_id"] for v in validators["validators"]]
