@@ -63,7 +63,9 @@ def random_file(directory: Path, name: str, size: int) -> Path:
 def test_add_on_one_node_then_get_from_one_and_from_two_providers(
     make_devnet: Callable[..., Devnet], short_dir: Path
 ) -> None:
-    devnet = storage_devnet(make_devnet, 3)
+    # Uploads are paced (4 MiB/s per peer) so that no provider can serve the whole file
+    # before the other's first answers arrive: the split between them is then not a race.
+    devnet = storage_devnet(make_devnet, 3, upload_peer_bytes_per_s=4 * MIB, upload_burst_bytes=MIB)
     source = random_file(short_dir, "model.bin", 12 * MIB + 123)
     added = run_cli(
         "store", "add", str(source), "--data-dir", str(devnet.nodes[0].data_dir), "--json"
