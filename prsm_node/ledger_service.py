@@ -119,6 +119,7 @@ class LedgerService:
         self._followed: LedgerState | None = None if self.replica else self.store.ledger()
         self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0}
         self._nursery: trio.Nursery | None = None
+        self._height_changed = trio.Event()
 
     # -- queries -----------------------------------------------------------------------
 
@@ -136,6 +137,17 @@ class LedgerService:
             return self.replica.ledger
         assert self._followed is not None
         return self._followed
+
+    async def wait_new_height(self, seen: int) -> int:
+        """Wait until the ledger is past height `seen` and return the new height: how the
+        other services (jobs) follow committed blocks without polling."""
+        while self.ledger().height <= seen:
+            await self._height_changed.wait()
+        return self.ledger().height
+
+    def _note_new_height(self) -> None:
+        self._height_changed.set()
+        self._height_changed = trio.Event()
 
     # -- running -----------------------------------------------------------------------
 
@@ -206,6 +218,7 @@ class LedgerService:
             async with self._lock:
                 await trio.to_thread.run_sync(self.store.write_batch, writes)
                 self._followed = state
+            self._note_new_height()
             self.counters["followed"] += len(writes)
             log.info("ledger.followed", peer=peer, height=state.height)
 
@@ -245,6 +258,7 @@ class LedgerService:
                 waiting.done.set()
         elif isinstance(effect, rx.BlockCommitted):
             log.debug("ledger.block_committed", height=effect.block.height)
+            self._note_new_height()
         elif isinstance(effect, rx.EvidenceFound):
             self.counters["evidence"] += 1
             log.warning("ledger.equivocation", evidence=repr(effect.evidence)[:400])
