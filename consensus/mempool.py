@@ -11,10 +11,17 @@ Rules:
 3. ``candidates`` orders by (nonce, arrival): deterministic, and each sender's
    transactions come in nonce order, so the proposer's ``build_block`` can include them.
 4. After each block ``prune`` drops included transactions and any that the new state
-   makes invalid (used nonces, overspends); a nonce gap stays.
+   makes invalid (used nonces, overspends); a nonce gap stays. A block mostly changes its
+   own senders' accounts, so the replica prunes just those senders after each block and
+   everything at each checkpoint (a change elsewhere, such as the ledger filling up, can
+   also invalidate a transaction; until then the proposer skips it).
+5. An exact copy of a pending transaction's wire bytes is refused on a hash of the bytes,
+   before any decoding: retransmitted forwards are the common case under load.
 """
 
 from __future__ import annotations
+
+from hashlib import sha256
 
 from consensus.errors import TxRejected
 from consensus.ledger import LedgerState
@@ -22,14 +29,16 @@ from consensus.tx import SignedTx, decode_tx, verify_signature
 
 
 class Mempool:
-    __slots__ = ("_arrival", "_next", "_per_sender", "_txs", "per_sender_max", "total_max")
+    __slots__ = ("_arrival", "_by_sender", "_next", "_txs", "_wire", "per_sender_max",
+                 "total_max")
 
     def __init__(self, total_max: int, per_sender_max: int) -> None:
         self.total_max = total_max
         self.per_sender_max = per_sender_max
         self._txs: dict[bytes, SignedTx] = {}
         self._arrival: dict[bytes, tuple[int, int]] = {}  # hash -> (arrival seq, now_ms)
-        self._per_sender: dict[bytes, int] = {}
+        self._by_sender: dict[bytes, set[bytes]] = {}  # sender -> pending tx hashes
+        self._wire: dict[bytes, bytes] = {}  # sha256(wire bytes) -> tx hash
         self._next = 0
 
     def __len__(self) -> int:
@@ -44,7 +53,13 @@ class Mempool:
         signature: checked, so a block never holds a forged signature for a known body)."""
         return {tx_hash: tx.signature for tx_hash, tx in self._txs.items()}
 
+    def pending_hash(self, data: bytes) -> bytes | None:
+        """The tx hash of pending wire bytes, without decoding them; None if not pending."""
+        return self._wire.get(sha256(data).digest())
+
     def admit(self, data: bytes, state: LedgerState, now_ms: int) -> SignedTx:
+        if self.pending_hash(data) is not None:
+            raise TxRejected("duplicate", "this transaction is already pending")
         tx = decode_tx(data, state.params.tx_size_max)
         if tx.tx_hash in self._txs:
             raise TxRejected("duplicate", "this transaction is already pending")
@@ -59,24 +74,25 @@ class Mempool:
             raise TxRejected("mempool_full", f"{self.total_max} transactions are pending; "
                              "retry after the next block")
         sender = tx.body.sender
-        if self._per_sender.get(sender, 0) >= self.per_sender_max:
+        pending = self._by_sender.setdefault(sender, set())
+        if len(pending) >= self.per_sender_max:
             raise TxRejected("sender_quota", f"this account already has {self.per_sender_max} "
                              "pending transactions; wait for a block")
         self._txs[tx.tx_hash] = tx
         self._arrival[tx.tx_hash] = (self._next, now_ms)
         self._next += 1
-        self._per_sender[sender] = self._per_sender.get(sender, 0) + 1
+        pending.add(tx.tx_hash)
+        self._wire[sha256(tx.encoded).digest()] = tx.tx_hash
         return tx
 
     def _remove(self, tx_hash: bytes) -> None:
         tx = self._txs.pop(tx_hash)
         del self._arrival[tx_hash]
-        sender = tx.body.sender
-        left = self._per_sender[sender] - 1
-        if left:
-            self._per_sender[sender] = left
-        else:
-            del self._per_sender[sender]
+        del self._wire[sha256(tx.encoded).digest()]
+        pending = self._by_sender[tx.body.sender]
+        pending.discard(tx_hash)
+        if not pending:
+            del self._by_sender[tx.body.sender]
 
     def candidates(self, limit: int) -> list[SignedTx]:
         ordered = sorted(self._txs.values(),
@@ -92,10 +108,19 @@ class Mempool:
         return any(t.body.nonce == state.account(t.body.sender).nonce
                    for t in self._txs.values())
 
-    def prune(self, state: LedgerState) -> None:
-        for tx_hash in list(self._txs):
+    def prune(self, state: LedgerState, senders: set[bytes] | None = None) -> None:
+        """Drop what ``state`` makes invalid: every pending transaction, or only those of
+        ``senders`` (the accounts the last block wrote; see rule 4)."""
+        if senders is None:
+            hashes = list(self._txs)
+        else:
+            hashes = [h for s in senders if s in self._by_sender for h in self._by_sender[s]]
+        for tx_hash in hashes:
+            tx = self._txs[tx_hash]
+            if tx.body.nonce > state.account(tx.body.sender).nonce:
+                continue  # a nonce gap stays (what check_tx would say, without raising)
             try:
-                state.check_tx(self._txs[tx_hash])
+                state.check_tx(tx)
             except TxRejected as error:
                 if error.reason_code != "nonce_gap":
                     self._remove(tx_hash)

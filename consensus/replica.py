@@ -43,7 +43,7 @@ from consensus.certificates import (
     quorum_size,
 )
 from consensus.codec import Signer
-from consensus.errors import PeerProtocolError, ReplicaStateError, TxRejected
+from consensus.errors import PeerProtocolError, ReplicaStateError
 from consensus.genesis import Genesis
 from consensus.ledger import Block, BlockInvalid, LedgerState
 from consensus.mempool import Mempool
@@ -62,11 +62,10 @@ from consensus.messages import (
     ViewChange,
     sign_message,
 )
+from consensus.replica_clients import ClientTransactions
 from consensus.replica_effects import (
     BlockCommitted,
     Broadcast,
-    ClientCommitted,
-    ClientRejected,
     ClientRequest,
     Effect,
     Equivocation,
@@ -79,7 +78,6 @@ from consensus.replica_effects import (
     Recovered,
     ReplicaConfig,
     ReplicaStatistics,
-    Send,
     SetTimer,
     SlotRecord,
     Start,
@@ -118,7 +116,7 @@ class Slot:
                           prepared=self.prepared)
 
 
-class Replica(ViewChangeAndTransfer):
+class Replica(ClientTransactions, ViewChangeAndTransfer):
     """One PBFT validator; see the module rules (view change and state transfer live in
     ``replica_view.py``, a mixin, to keep each module under the size rule)."""
 
@@ -162,6 +160,8 @@ class Replica(ViewChangeAndTransfer):
         self.timer_armed = dict.fromkeys(TimerKind, False)
         self.progress_mark = -1
         self.batch_due = False
+        self.retransmit_mark = -1  # executed height at the last retransmit tick
+        self.forward_pending: list[bytes] = []
         self._view_change_cache: tuple[tuple[int, int, int], Signed] | None = None
         self.state_transfer_peer = 0
         self.counters = dict.fromkeys(("view_changes_started", "peer_errors",
@@ -254,20 +254,6 @@ class Replica(ViewChangeAndTransfer):
         if self.n > 1:
             self._request_state((self.index + 1) % self.n, out)
 
-    def _on_client_request(self, event: ClientRequest, out: list[Effect]) -> None:
-        try:
-            tx = self.mempool.admit(event.tx, self.ledger, self.now_ms)
-        except TxRejected as error:
-            out.append(ClientRejected(request_id=event.request_id, tx_hash=None,
-                                      reason_code=error.reason_code, message=error.message))
-            return
-        if event.request_id is not None:
-            self.requests[tx.tx_hash] = event.request_id
-            if len(self.requests) > self.config.requests_tracked_max:
-                self.requests.popitem(last=False)
-        if self.primary() != self.index and self.phase is Phase.NORMAL:
-            out.append(Send(to=self.primary(), message=self._sign(Forward(txs=(tx.encoded,)))))
-
     def _on_message(self, event: MessageReceived, out: list[Effect]) -> None:
         message, peer = event.message, event.peer
         if message.signer != peer:
@@ -293,16 +279,6 @@ class Replica(ViewChangeAndTransfer):
             self._on_state_reply(message, out)
         else:
             raise PeerProtocolError(peer, f"unexpected message {kind.__name__}")
-
-    def _on_forward(self, message: Signed) -> None:
-        txs = message.body.txs
-        if len(txs) > self.config.forward_batch_max:
-            raise PeerProtocolError(message.signer, f"forward of {len(txs)} transactions")
-        for data in txs:
-            try:
-                self.mempool.admit(data, self.ledger, self.now_ms)
-            except TxRejected:
-                continue  # stale or duplicate: the forwarder may know less than we do
 
     # -- normal case -----------------------------------------------------------------------
 
@@ -444,8 +420,10 @@ class Replica(ViewChangeAndTransfer):
         while len(self.recent) > self.config.blocks_retained_max:
             self.recent.popitem(last=False)
         self._answer_clients(block, out)
-        self.mempool.prune(state)
-        if block.height % self.config.checkpoint_interval == 0:
+        at_checkpoint = block.height % self.config.checkpoint_interval == 0
+        full_prune = snapshot_installed or at_checkpoint
+        self.mempool.prune(state, None if full_prune else state.changed_keys)
+        if at_checkpoint:
             self.checkpoint_states[block.height] = (block, state)
             while len(self.checkpoint_states) > CHECKPOINT_STATES_MAX:  # never stable: drop
                 del self.checkpoint_states[min(self.checkpoint_states)]
@@ -453,18 +431,6 @@ class Replica(ViewChangeAndTransfer):
                                                         digest=block.block_hash))
             out.append(Broadcast(message=self.own_checkpoint))
             self._record_checkpoint_vote(self.own_checkpoint, out)
-
-    def _answer_clients(self, block: Block, out: list[Effect]) -> None:
-        if not self.requests:
-            return
-        from consensus.tx import decode_tx  # local: only needed with waiting clients
-
-        for data in block.txs:
-            tx_hash = decode_tx(data, self.ledger.params.tx_size_max).tx_hash
-            request_id = self.requests.pop(tx_hash, None)
-            if request_id is not None:
-                out.append(ClientCommitted(request_id=request_id, tx_hash=tx_hash,
-                                           height=block.height))
 
     def _maybe_propose(self, out: list[Effect]) -> None:
         seq = self.executed + 1
@@ -573,6 +539,8 @@ class Replica(ViewChangeAndTransfer):
         elif kind is TimerKind.VIEW_CHANGE:
             if self.phase is Phase.VIEW_CHANGE:
                 self._start_view_change(self.view + 1, Trigger.TIMEOUT, out)
+        elif kind is TimerKind.FORWARD:
+            self._flush_forwards(out)
         elif kind is TimerKind.RETRANSMIT:
             self._retransmit(out)
             self._timer(TimerKind.RETRANSMIT, self.config.retransmit_interval_ms, out)
@@ -604,12 +572,8 @@ class Replica(ViewChangeAndTransfer):
         if self.own_checkpoint is not None:  # also tells a lagging replica it is behind
             out.append(Broadcast(message=self.own_checkpoint))
         if self.primary() != self.index:
-            stale = self.mempool.older_than(self.now_ms - self.config.retransmit_interval_ms,
-                                            self.config.forward_batch_max)
-            if stale:  # PBFT's client rule: no reply in time, so tell every replica;
-                # their progress timers then run too, and a silent primary is voted out
-                out.append(Broadcast(message=self._sign(
-                    Forward(txs=tuple(t.encoded for t in stale)))))
+            self._forward_stale(out)
+        self.retransmit_mark = self.executed
 
     def statistics(self) -> ReplicaStatistics:
         return ReplicaStatistics(

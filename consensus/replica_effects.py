@@ -93,6 +93,7 @@ class TimerKind(enum.Enum):
     VIEW_CHANGE = "view_change"
     RETRANSMIT = "retransmit"
     STATE_TRANSFER = "state_transfer"
+    FORWARD = "forward"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

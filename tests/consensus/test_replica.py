@@ -192,9 +192,26 @@ def test_client_request_rejected_with_reason_code() -> None:
     assert len(effects) == 1 and isinstance(effects[0], ClientRejected)
     assert effects[0].reason_code == "bad_signature" and effects[0].request_id == 7
     effects = replica.handle(5, ClientRequest(tx=tx.encoded, request_id=8))
-    assert any(type(e).__name__ == "Send" and type(e.message.body) is Forward for e in effects)
+    assert not any(type(e).__name__ == "Send" for e in effects)  # queued for the batch
     effects = replica.handle(6, ClientRequest(tx=tx.encoded, request_id=9))
     assert effects[0].reason_code == "duplicate"
+
+
+def _fire(replica: Replica, kind: TimerKind, now_ms: int) -> list[object]:
+    return replica.handle(now_ms, TimerFired(timer=TimerId(
+        kind=kind, generation=replica.timer_generation[kind])))
+
+
+def test_a_backup_forwards_its_clients_transactions_to_the_primary_in_one_batch() -> None:
+    cluster, replica = _direct_replica(1)
+    txs = [cluster.transfer() for _ in range(3)]
+    for request_id, tx in enumerate(txs):
+        replica.handle(5, ClientRequest(tx=tx.encoded, request_id=request_id))
+    sends = [e for e in _fire(replica, TimerKind.FORWARD, 10) if type(e).__name__ == "Send"]
+    assert len(sends) == 1 and sends[0].to == replica.primary()
+    assert type(sends[0].message.body) is Forward
+    assert sends[0].message.body.txs == tuple(t.encoded for t in txs)
+    assert not [e for e in _fire(replica, TimerKind.FORWARD, 20) if type(e).__name__ == "Send"]
 
 
 def test_illegal_phase_transition_names_phase_and_trigger() -> None:
