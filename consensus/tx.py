@@ -13,11 +13,15 @@ Rules:
 4. Kinds: ``transfer`` (amount to ``to``), ``stake`` (balance -> bonded stake), ``unstake``
    (bonded stake -> unbonding, released to the balance automatically at maturity),
    ``register_validator`` (join the validator set at the next epoch boundary).
+5. ``args`` is a per-kind map with a strict schema (``consensus/job_args.py``); the kinds
+   that need none carry the empty map. The body's other fields keep one meaning for every
+   kind: ``amount`` is what the sender moves (sent, staked, escrowed, bonded).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +40,7 @@ from consensus.codec import (
     verify_bytes,
 )
 from consensus.errors import TxRejected
+from consensus.job_args import NO_ARGS, NoArgs, TxArgs, decode_no_args
 
 TX_DOMAIN = b"prsm/tx/1"
 NONCE_MAX = 2**63 - 1
@@ -48,6 +53,15 @@ class TxKind(enum.Enum):
     REGISTER_VALIDATOR = "register_validator"
 
 
+ARGS_SCHEMA: dict[TxKind, tuple[type, Callable[[Any], TxArgs]]] = {
+    TxKind.TRANSFER: (NoArgs, decode_no_args),
+    TxKind.STAKE: (NoArgs, decode_no_args),
+    TxKind.UNSTAKE: (NoArgs, decode_no_args),
+    TxKind.REGISTER_VALIDATOR: (NoArgs, decode_no_args),
+}
+"""Each kind's argument class and its strict decoder (one table: all kinds on one screen)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TxBody:
     chain_id: str
@@ -57,11 +71,17 @@ class TxBody:
     fee: int
     amount: int = 0
     to: bytes = b""
+    args: TxArgs = NO_ARGS
+
+    def __post_init__(self) -> None:
+        assert type(self.args) is ARGS_SCHEMA[self.kind][0], \
+            f"{self.kind.value} takes {ARGS_SCHEMA[self.kind][0].__name__}"
 
     def to_plain(self) -> dict[str, Any]:
         return {"chain_id": self.chain_id, "kind": self.kind.value, "sender": self.sender,
                 "nonce": self.nonce, "fee": amount_to_bytes(self.fee),
-                "amount": amount_to_bytes(self.amount), "to": self.to}
+                "amount": amount_to_bytes(self.amount), "to": self.to,
+                "args": self.args.to_plain()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,9 +115,9 @@ def _int(plain: dict[str, Any], name: str, maximum: int) -> int:
 
 def _body(plain: Any) -> TxBody:
     if not isinstance(plain, dict) or set(plain) != {
-            "chain_id", "kind", "sender", "nonce", "fee", "amount", "to"}:
+            "chain_id", "kind", "sender", "nonce", "fee", "amount", "to", "args"}:
         raise TxRejected("malformed", "the body must have exactly chain_id, kind, sender, "
-                         "nonce, fee, amount, to")
+                         "nonce, fee, amount, to, args")
     try:
         kind = TxKind(plain["kind"])
     except (ValueError, TypeError) as error:
@@ -114,7 +134,8 @@ def _body(plain: Any) -> TxBody:
         raise TxRejected("malformed", f"{kind.value} takes no recipient")
     return TxBody(chain_id=chain_id, kind=kind, sender=sender,
                   nonce=_int(plain, "nonce", NONCE_MAX), fee=_int(plain, "fee", AMOUNT_MAX),
-                  amount=_int(plain, "amount", AMOUNT_MAX), to=to)
+                  amount=_int(plain, "amount", AMOUNT_MAX), to=to,
+                  args=ARGS_SCHEMA[kind][1](plain["args"]))
 
 
 def decode_tx(data: bytes, size_max: int) -> SignedTx:
