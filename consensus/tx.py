@@ -12,7 +12,9 @@ Rules:
    ``TxRejected`` with its reason code and a message a user can act on.
 4. Kinds: ``transfer`` (amount to ``to``), ``stake`` (balance -> bonded stake), ``unstake``
    (bonded stake -> unbonding, released to the balance automatically at maturity),
-   ``register_validator`` (join the validator set at the next epoch boundary).
+   ``register_validator`` (join the validator set at the next epoch boundary), and the job
+   kinds (``consensus/ledger_jobs.py``): ``model_register``, ``worker_register``,
+   ``worker_unregister``, ``job_submit``, ``job_result``, ``job_accept``, ``job_dispute``.
 5. ``args`` is a per-kind map with a strict schema (``consensus/job_args.py``); the kinds
    that need none carry the empty map. The body's other fields keep one meaning for every
    kind: ``amount`` is what the sender moves (sent, staked, escrowed, bonded).
@@ -40,7 +42,22 @@ from consensus.codec import (
     verify_bytes,
 )
 from consensus.errors import TxRejected
-from consensus.job_args import NO_ARGS, NoArgs, TxArgs, decode_no_args
+from consensus.job_args import (
+    NO_ARGS,
+    JobRefArgs,
+    JobResultArgs,
+    JobSubmitArgs,
+    ModelRegisterArgs,
+    NoArgs,
+    TxArgs,
+    WorkerRegisterArgs,
+    decode_job_ref,
+    decode_job_result,
+    decode_job_submit,
+    decode_model_register,
+    decode_no_args,
+    decode_worker_register,
+)
 
 TX_DOMAIN = b"prsm/tx/1"
 NONCE_MAX = 2**63 - 1
@@ -51,6 +68,13 @@ class TxKind(enum.Enum):
     STAKE = "stake"
     UNSTAKE = "unstake"
     REGISTER_VALIDATOR = "register_validator"
+    MODEL_REGISTER = "model_register"
+    WORKER_REGISTER = "worker_register"
+    WORKER_UNREGISTER = "worker_unregister"
+    JOB_SUBMIT = "job_submit"
+    JOB_RESULT = "job_result"
+    JOB_ACCEPT = "job_accept"
+    JOB_DISPUTE = "job_dispute"
 
 
 ARGS_SCHEMA: dict[TxKind, tuple[type, Callable[[Any], TxArgs]]] = {
@@ -58,6 +82,13 @@ ARGS_SCHEMA: dict[TxKind, tuple[type, Callable[[Any], TxArgs]]] = {
     TxKind.STAKE: (NoArgs, decode_no_args),
     TxKind.UNSTAKE: (NoArgs, decode_no_args),
     TxKind.REGISTER_VALIDATOR: (NoArgs, decode_no_args),
+    TxKind.MODEL_REGISTER: (ModelRegisterArgs, decode_model_register),
+    TxKind.WORKER_REGISTER: (WorkerRegisterArgs, decode_worker_register),
+    TxKind.WORKER_UNREGISTER: (NoArgs, decode_no_args),
+    TxKind.JOB_SUBMIT: (JobSubmitArgs, decode_job_submit),
+    TxKind.JOB_RESULT: (JobResultArgs, decode_job_result),
+    TxKind.JOB_ACCEPT: (JobRefArgs, decode_job_ref),
+    TxKind.JOB_DISPUTE: (JobRefArgs, decode_job_ref),
 }
 """Each kind's argument class and its strict decoder (one table: all kinds on one screen)."""
 
