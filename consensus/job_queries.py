@@ -65,7 +65,8 @@ class JobQueries:
 
     def jobs_by_assignee(self: LedgerState, key: bytes, limit: int = JOB_QUERY_MAX
                          ) -> list[tuple[bytes, Job]]:
-        """Jobs whose current assignee, or whose standing result's worker, is ``key``."""
+        """Jobs whose current (or, once it moved on or ended, last) turn is ``key``'s: the
+        assignee, or the worker whose result stands or was judged."""
         return self._jobs_where(lambda job: job.assignee == key, limit)
 
     def work_for(self: LedgerState, key: bytes, limit: int = JOB_QUERY_MAX

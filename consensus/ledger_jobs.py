@@ -18,8 +18,9 @@ but the block's ``timestamp_ms``, sorted iteration, immutable successors):
    ``job_candidates_max``; with none the submission is refused (``no_worker``).
 4. Turns: candidate 0 is assigned at once. A turn lasts ``job_assign_timeout_ms`` of block
    time (never past the deadline). A failure result or the turn's end passes the job to
-   the next candidate still eligible; with none left, or at the deadline, the escrow is
-   refunded: status ``failed`` if some worker reported a failure, else ``refunded``.
+   the next candidate still eligible (stake and model, checked when its turn comes). With
+   none left the escrow is refunded, status ``failed`` if some worker reported a failure,
+   else ``refunded``; at the deadline it is refunded (``refunded``, ``deadline_passed``).
 5. A result (``ok``, from the assignee) completes the job and opens the challenge window
    (``challenge_window_ms``). ``job_accept`` by the submitter, or the window's end, settles:
    the escrow pays the worker ``price - royalty - fee``, the model owner the royalty less
