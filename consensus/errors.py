@@ -19,6 +19,10 @@ REASON_CODES = frozenset({
     "fee_too_low", "insufficient_balance", "insufficient_stake", "bad_amount",
     "unbonding_full", "ledger_full", "already_validator", "mempool_full", "sender_quota",
     "duplicate",
+    # the job market (consensus/ledger_jobs.py)
+    "bad_args", "unknown_model", "unknown_job", "not_owner", "not_worker", "not_submitter",
+    "not_assignee", "job_state", "window_closed", "no_worker", "no_verifiers", "worker_busy",
+    "price_above_max",
 })
 
 

@@ -26,11 +26,16 @@ from typing import Any
 
 from consensus.codec import PUBLIC_KEY_SIZE, canonical, sha256
 from consensus.errors import GenesisError
+from consensus.job_args import BPS_MAX
 
 UNITS_PER_FTNS = 10**18
 CHAIN_ID_SIZE_MAX = 64
 VALIDATORS_MAX = 100
 """PBFT sends O(n^2) messages per block; 100 validators is ~30k signed messages a block."""
+JOB_CANDIDATES_MAX = 32
+"""Ranked workers per job record at most: 32 x 32 B keeps a job leaf near 1.5 KB."""
+ZERO_ALLOWED = frozenset({"fee_min", "job_fee_bps", "slash_bps", "dispute_bond_bps"})
+"""Parameters a devnet may set to 0 (free transactions, no job fee, no slashing, no bond)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,15 +59,62 @@ class Params:
     unbonding_entries_max: int = 16
     """Pending unbondings per account; each is a row in the proof, so keep it small."""
 
+    # -- the job market (consensus/ledger_jobs.py) --
+    worker_stake_min: int = 100 * UNITS_PER_FTNS
+    """Worker stake needed to be assigned jobs; what a wrong result risks (``slash_bps``)."""
+    workers_max: int = 100_000
+    models_max: int = 100_000
+    model_workers_max: int = 1_000
+    """Workers per model: a job_submit ranks them all (one SHA-256 each, ~0.5 ms at 1,000)."""
+    jobs_max: int = 100_000
+    """Jobs in the state, open or finished and not yet expired; past it job_submit waits."""
+    job_candidates_max: int = 8
+    """Ranked workers kept per job: the assignee, the ones that take over after a failure
+    or a timeout, and the two verifiers of a dispute; 8 x 32 B per job record."""
+    job_assign_timeout_ms: int = 600_000
+    """A turn (and a dispute's verification): 10 minutes to post a result, then the next
+    ranked worker gets the job. Long jobs (distillation) need a longer one."""
+    job_deadline_max_ms: int = 7 * 24 * 3600 * 1000
+    """A job's deadline is at most a week ahead: escrow is never locked longer."""
+    challenge_window_ms: int = 600_000
+    """After a result, the submitter has 10 minutes to dispute; then it settles."""
+    job_retention_ms: int = 24 * 3600 * 1000
+    """A finished job stays queryable in the state for a day, then expires."""
+    job_fee_bps: int = 100
+    """1 % of a job's price to the validators, as transaction fees."""
+    slash_bps: int = 1_000
+    """10 % of a worker's stake per result outvoted in a dispute."""
+    dispute_bond_bps: int = 10_000
+    """A dispute bonds 100 % of the job price: a wrong dispute pays its verifiers."""
+    job_timers_per_block_max: int = 1_000
+    """Job timer moves per block (each a few record writes): a block's execution stays
+    bounded after a long pause; the rest move in the next block."""
+
     def __post_init__(self) -> None:
         for field in fields(self):
             value = getattr(self, field.name)
-            if type(value) is not int or value < (0 if field.name == "fee_min" else 1):
+            if type(value) is not int or value < (0 if field.name in ZERO_ALLOWED else 1):
                 raise GenesisError(f"genesis params: {field.name} must be a positive integer")
         if self.validators_max > VALIDATORS_MAX:
             raise GenesisError(f"genesis params: validators_max must be <= {VALIDATORS_MAX}")
         if self.tx_size_max * self.batch_size_max > 64 * 1024 * 1024:
             raise GenesisError("genesis params: tx_size_max x batch_size_max must be <= 64 MiB")
+        self._check_job_params()
+
+    def _check_job_params(self) -> None:
+        for name, maximum in (("job_fee_bps", BPS_MAX), ("slash_bps", BPS_MAX),
+                              ("dispute_bond_bps", 10 * BPS_MAX),
+                              ("job_candidates_max", JOB_CANDIDATES_MAX)):
+            if getattr(self, name) > maximum:
+                raise GenesisError(f"genesis params: {name} must be <= {maximum}")
+        if self.job_candidates_max < 3:
+            raise GenesisError("genesis params: job_candidates_max must be >= 3 (a worker and "
+                               "two verifiers)")
+        if self.job_deadline_max_ms < self.job_assign_timeout_ms:
+            raise GenesisError("genesis params: job_deadline_max_ms must be >= "
+                               "job_assign_timeout_ms")
+        if self.model_workers_max > self.workers_max:
+            raise GenesisError("genesis params: model_workers_max must be <= workers_max")
 
 
 def _amount(value: Any, name: str) -> int:

@@ -1,5 +1,9 @@
 """The FTNS ledger state machine: accounts, transactions, blocks, state root and proofs.
 
+The job market (models, workers, jobs, escrow) is the mixin ``LedgerJobs`` in
+``consensus/ledger_jobs.py``, with its own rules; its checks are in ``job_checks.py`` and its
+queries in ``job_queries.py``.
+
 Rules:
 1. Deterministic: integers only, no clock but the block's agreed ``timestamp_ms``, no
    dependence on dict order (everything that iterates sorts first, by public key), no I/O.
@@ -7,13 +11,16 @@ Rules:
    (dicts copied on write) and never change ``self``, so a replica can execute a proposed
    block tentatively and throw the result away. A rejected transaction changes nothing.
 3. Invariants, asserted after every block: the total supply (balances + bonded stake +
-   unbonding stake, over all accounts) equals the genesis supply; the state root is the
-   Merkle root of the sorted accounts bound to the validator set; heights are consecutive
-   and timestamps strictly increase; every block's ``prev_hash`` is the previous block's hash.
+   unbonding stake over all accounts, + worker stakes + job escrows and bonds) equals the
+   genesis supply; the state root is ``sha256(STATE_DOMAIN || accounts_root ||
+   validators_digest || market_root)``: the Merkle root of the sorted accounts, the
+   validator set, and the roots of the models, workers and jobs tables
+   (``LedgerJobs.market_root``); heights are consecutive and timestamps strictly increase;
+   every block's ``prev_hash`` is the previous block's hash.
 4. Fees: each transaction pays ``fee >= params.fee_min`` from its sender. At the end of the
    block the fees are split equally among the active validators sorted by key; the
    remainder (``total % n``) goes to validator ``height % n``, so rounding never burns or
-   mints a unit and the remainder rotates.
+   mints a unit and the remainder rotates. A settled job's fee joins them.
 5. Unbonding: ``unstake`` moves stake to an unbonding entry that matures at ``height +
    unbonding_period_blocks``; at the start of that block it is credited to the balance
    automatically (no ``withdraw`` transaction: nothing can be forgotten, and the release is
@@ -22,7 +29,10 @@ Rules:
    whose height is a multiple of ``epoch_length_blocks`` the active set becomes the flagged
    accounts with ``staked >= validator_stake_min``, the ``validators_max`` largest stakes
    (ties by key), sorted by key. An empty result keeps the old set (the chain must not halt).
-7. Block validity: every transaction in a block must be valid when applied in order; the
+7. Block execution order: unbonding releases (by height), then the due job timers at the
+   block's ``timestamp_ms`` (which is the state's time from the start: transactions are
+   checked against it), then the transactions, then fees and the epoch.
+8. Block validity: every transaction in a block must be valid when applied in order; the
    proposer filters its candidates (``build_block``), and a block with an invalid
    transaction or a wrong ``state_root`` is refused as a whole (``BlockInvalid``).
 
@@ -44,9 +54,15 @@ from consensus import merkle
 from consensus.codec import amount_from_bytes, amount_to_bytes, canonical, sha256
 from consensus.errors import ConsensusError, TxRejected
 from consensus.genesis import Genesis, Params
+from consensus.job_checks import JobChecks
+from consensus.job_queries import JobQueries
+from consensus.job_records import Job, Model, Worker, job_leaf, market_root_of
+from consensus.ledger_jobs import JOB_KINDS, LedgerJobs
+from consensus.tables import MerkleTable, TimerQueue
 from consensus.tx import SignedTx, TxKind, decode_tx, verify_signature
 
-STATE_DOMAIN = b"prsm/state/1"
+STATE_DOMAIN = b"prsm/state/2"
+"""Version 2: the root also covers the job market (``market_root``)."""
 
 
 class BlockInvalid(ConsensusError):
@@ -126,38 +142,80 @@ class AccountProof:
     account: Account
     accounts_root: bytes
     validators_digest: bytes
+    market_root: bytes
     path: tuple[tuple[bytes, bool], ...]
 
 
+def state_root_of(accounts_root: bytes, validators_digest: bytes, market_root: bytes) -> bytes:
+    return sha256(STATE_DOMAIN + accounts_root + validators_digest + market_root)
+
+
 def verify_account_proof(state_root: bytes, proof: AccountProof) -> bool:
-    if sha256(STATE_DOMAIN + proof.accounts_root + proof.validators_digest) != state_root:
+    if state_root_of(proof.accounts_root, proof.validators_digest,
+                     proof.market_root) != state_root:
         return False
     return merkle.verify(proof.accounts_root, account_leaf(proof.key, proof.account), proof.path)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobProof:
+    """Membership of one job record in a state root: a submitter or a worker can check a
+    job's status, result and payout against a certified block, as a balance."""
+
+    job_id: bytes
+    job: Job
+    accounts_root: bytes
+    validators_digest: bytes
+    models_root: bytes
+    workers_root: bytes
+    jobs_root: bytes
+    path: tuple[tuple[bytes, bool], ...]
+
+
+def verify_job_proof(state_root: bytes, proof: JobProof) -> bool:
+    market_root = market_root_of(proof.models_root, proof.workers_root, proof.jobs_root)
+    if state_root_of(proof.accounts_root, proof.validators_digest, market_root) != state_root:
+        return False
+    return merkle.verify(proof.jobs_root, job_leaf(proof.job_id, proof.job), proof.path)
 
 
 GENESIS_PREV_HASH = b"\x00" * 32
 
 
-class LedgerState:
+class LedgerState(LedgerJobs, JobChecks, JobQueries):
     """One immutable ledger state (after ``height`` blocks); see the module rules."""
 
     __slots__ = (
         "_delta",
+        "_expiries",
         "_keys_owned",
         "_leaves",
+        "_model_workers",
         "_queue",
+        "_timers",
         "accounts",
         "changed_keys",
         "genesis",
         "height",
+        "jobs",
         "keys",
         "last_block_hash",
         "last_timestamp_ms",
+        "models",
         "params",
         "state_root",
         "total_supply",
         "validators",
+        "workers",
     )
+    models: MerkleTable[str, Model]
+    workers: MerkleTable[bytes, Worker]
+    jobs: MerkleTable[bytes, Job]
+    _model_workers: dict[str, tuple[bytes, ...]]
+    """Model CID -> sorted keys of the workers that list it (derived; replaced on write)."""
+    _timers: TimerQueue
+    """(timer_ms, job id) of open jobs; ``_expiries`` the same for finished ones."""
+    _expiries: TimerQueue
 
     def __init__(self, genesis: Genesis) -> None:
         self.genesis = genesis
@@ -177,6 +235,7 @@ class LedgerState:
         self._keys_owned = True
         self.changed_keys: set[bytes] = set(self.accounts)
         """Accounts written by the block that produced this state (what a store writes)."""
+        self._init_market()
         self._rebuild_indexes()
 
     def _rebuild_indexes(self) -> None:
@@ -199,7 +258,7 @@ class LedgerState:
 
     def _compute_root(self) -> bytes:
         accounts_root = merkle.root_of_hashes([self._leaves[k] for k in self.keys])
-        return sha256(STATE_DOMAIN + accounts_root + self._validators_digest())
+        return state_root_of(accounts_root, self._validators_digest(), self.market_root())
 
     def prove_account(self, key: bytes) -> AccountProof | None:
         index = bisect.bisect_left(self.keys, key)
@@ -209,10 +268,20 @@ class LedgerState:
         return AccountProof(key=key, account=self.accounts[key],
                             accounts_root=merkle.root_of_hashes(hashes),
                             validators_digest=self._validators_digest(),
-                            path=merkle.prove(hashes, index))
+                            market_root=self.market_root(), path=merkle.prove(hashes, index))
+
+    def prove_job(self, job_id: bytes) -> JobProof | None:
+        path = self.jobs.prove(job_id)
+        job = self.jobs.get(job_id)
+        if path is None or job is None:
+            return None
+        return JobProof(job_id=job_id, job=job, accounts_root=merkle.root_of_hashes(
+            [self._leaves[k] for k in self.keys]), validators_digest=self._validators_digest(),
+            models_root=self.models.root(), workers_root=self.workers.root(),
+            jobs_root=self.jobs.root(), path=path)
 
     def supply_now(self) -> int:
-        return sum(self.accounts[k].holdings() for k in self.keys)
+        return sum(self.accounts[k].holdings() for k in self.keys) + self.market_holdings()
 
     # -- transactions ----------------------------------------------------------------------
 
@@ -233,6 +302,9 @@ class LedgerState:
             raise TxRejected("fee_too_low", f"fee {body.fee} is below the minimum "
                              f"{params.fee_min} base units")
         kind = body.kind
+        if kind in JOB_KINDS:
+            self._check_job_tx(tx, account)
+            return
         spend = body.fee + (body.amount if kind in (TxKind.TRANSFER, TxKind.STAKE) else 0)
         if account.balance < spend:
             raise TxRejected("insufficient_balance", f"needs {spend} base units (amount + "
@@ -278,6 +350,7 @@ class LedgerState:
         new._delta = 0
         new._keys_owned = False
         new.changed_keys = set()
+        self._market_successor(new)
         return new
 
     def _put(self, key: bytes, account: Account) -> None:
@@ -301,6 +374,11 @@ class LedgerState:
         balance, staked = sender.balance - body.fee, sender.staked
         unbonding, validator = sender.unbonding, sender.validator
         kind = body.kind
+        if kind in JOB_KINDS:
+            self._put(body.sender, Account(balance=balance, nonce=sender.nonce + 1,
+                                           staked=staked, unbonding=unbonding,
+                                           validator=validator))
+            return body.fee + self._apply_job_tx(tx)
         if kind is TxKind.TRANSFER:
             balance -= body.amount
         elif kind is TxKind.STAKE:
@@ -308,22 +386,39 @@ class LedgerState:
             staked += body.amount
         elif kind is TxKind.UNSTAKE:
             staked -= body.amount
-            release = self.height + self.params.unbonding_period_blocks
-            unbonding = (*unbonding, (release, body.amount))
-            if body.sender not in self._queue.get(release, ()):
-                self._queue[release] = (*self._queue.get(release, ()), body.sender)
+            unbonding = self._schedule_release(body.sender, unbonding, body.amount)
         else:
             validator = True
         assert balance >= 0 and staked >= 0
         self._put(body.sender, Account(balance=balance, nonce=sender.nonce + 1, staked=staked,
                                        unbonding=unbonding, validator=validator))
         if kind is TxKind.TRANSFER:
-            recipient = self.account(body.to)
-            self._put(body.to, Account(balance=recipient.balance + body.amount,
-                                       nonce=recipient.nonce, staked=recipient.staked,
-                                       unbonding=recipient.unbonding,
-                                       validator=recipient.validator))
+            self._add_balance(body.to, body.amount)
         return body.fee
+
+    def _add_balance(self, key: bytes, amount: int) -> None:
+        """Credit (or, negative, debit) ``key``'s balance; the caller moves the other side."""
+        account = self.account(key)
+        assert account.balance + amount >= 0
+        self._put(key, Account(balance=account.balance + amount, nonce=account.nonce,
+                               staked=account.staked, unbonding=account.unbonding,
+                               validator=account.validator))
+
+    def _schedule_release(self, key: bytes, unbonding: tuple[tuple[int, int], ...],
+                          amount: int) -> tuple[tuple[int, int], ...]:
+        """``unbonding`` plus ``amount`` released after the unbonding period (rule 5)."""
+        release = self.height + self.params.unbonding_period_blocks
+        if key not in self._queue.get(release, ()):
+            self._queue[release] = (*self._queue.get(release, ()), key)
+        return (*unbonding, (release, amount))
+
+    def _unbond(self, key: bytes, amount: int) -> None:
+        """Start unbonding ``amount`` that leaves a stake held elsewhere (a worker's)."""
+        account = self.account(key)
+        self._put(key, Account(balance=account.balance, nonce=account.nonce,
+                               staked=account.staked, validator=account.validator,
+                               unbonding=self._schedule_release(key, account.unbonding,
+                                                                amount)))
 
     def _release_unbonding(self) -> None:
         for key in sorted(self._queue.pop(self.height, ())):
@@ -340,11 +435,7 @@ class LedgerState:
             share, remainder = divmod(fees, len(validators))
             lucky = validators[self.height % len(validators)]
             for key in validators:
-                account = self.account(key)
-                bonus = share + (remainder if key == lucky else 0)
-                self._put(key, Account(balance=account.balance + bonus, nonce=account.nonce,
-                                       staked=account.staked, unbonding=account.unbonding,
-                                       validator=account.validator))
+                self._add_balance(key, share + (remainder if key == lucky else 0))
         if self.height % self.params.epoch_length_blocks == 0:
             self._next_validator_set()
 
@@ -364,8 +455,9 @@ class LedgerState:
             raise BlockInvalid(f"timestamp {timestamp_ms} is not after "
                                f"{self.last_timestamp_ms}")
         new = self._successor()
+        new.last_timestamp_ms = timestamp_ms
         new._release_unbonding()
-        fees, included = 0, []
+        fees, included = new._run_job_timers(), []
         for tx in txs:
             if len(included) == batch_max:
                 break
@@ -378,7 +470,6 @@ class LedgerState:
             fees += new._apply_tx(tx)
             included.append(tx)
         new._finish_block(fees)
-        new.last_timestamp_ms = timestamp_ms
         new.state_root = new._compute_root()
         return new, included
 
@@ -433,7 +524,8 @@ class LedgerState:
         return {"height": self.height, "last_block_hash": self.last_block_hash,
                 "last_timestamp_ms": self.last_timestamp_ms,
                 "validators": list(self.validators), "state_root": self.state_root,
-                "accounts": [self.accounts[k].to_plain(k) for k in self.keys]}
+                "accounts": [self.accounts[k].to_plain(k) for k in self.keys],
+                **self.market_snapshot()}
 
     @classmethod
     def from_snapshot(cls, genesis: Genesis, plain: dict[str, Any]) -> LedgerState:
@@ -445,6 +537,7 @@ class LedgerState:
             state.last_timestamp_ms = plain["last_timestamp_ms"]
             state.validators = tuple(bytes(k) for k in plain["validators"])
             state.accounts = dict(Account.from_plain(a) for a in plain["accounts"])
+            state.market_from_snapshot(plain)
         except (KeyError, TypeError, ValueError) as error:
             raise BlockInvalid(f"snapshot is malformed ({error})") from error
         state._rebuild_indexes()
@@ -454,5 +547,6 @@ class LedgerState:
 
 
 def supply_check(state: LedgerState) -> None:
-    """Full (O(accounts)) supply audit; the per-block assertion checks the running total."""
+    """Full (O(accounts + workers + jobs)) supply audit; the per-block assertion checks the
+    running total."""
     assert state.supply_now() == state.total_supply, "total supply changed"

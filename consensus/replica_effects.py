@@ -185,8 +185,9 @@ class PersistBlock:
     block: Block
     certificate: tuple[Signed, ...]
     state: LedgerState
-    """The state after ``block``; write the accounts in ``state.changed_keys`` (or all of
-    them after a state transfer: ``snapshot_installed``)."""
+    """The state after ``block``; write the accounts in ``state.changed_keys`` and the
+    market records in each table's ``changed`` (or all of them after a state transfer:
+    ``snapshot_installed``)."""
     snapshot_installed: bool = False
 
 

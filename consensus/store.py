@@ -14,9 +14,10 @@ Rules:
    row must have the ledger's height and hash.
 
 Tables: ``meta`` (key -> msgpack value), ``blocks`` (height, hash, block, certificate),
-``accounts`` (public key -> account), ``slots`` (seq -> slot record, deleted below the stable
-checkpoint). The stable checkpoint's ledger snapshot is kept as one blob so a restarted
-replica can still serve state transfer from it.
+``accounts`` (public key -> account), ``models`` / ``workers`` / ``jobs`` (model CID,
+worker key, job id -> record; a row is deleted when its record leaves the state), ``slots``
+(seq -> slot record, deleted below the stable checkpoint). The stable checkpoint's ledger
+snapshot is kept as one blob so a restarted replica can still serve state transfer from it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ CREATE TABLE IF NOT EXISTS blocks (height INTEGER PRIMARY KEY, hash BLOB NOT NUL
                                    block BLOB NOT NULL, certificate BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (key BLOB PRIMARY KEY, account BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS slots (seq INTEGER PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS models (key TEXT PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS workers (key BLOB PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (key BLOB PRIMARY KEY, record BLOB NOT NULL);
 """
+MARKET_TABLES = ("models", "workers", "jobs")
+"""The job market's tables: one row per record, named as ``LedgerState``'s attributes and
+its ``snapshot()`` keys (fixed names: never built from input)."""
 RECENT_BLOCKS_MAX = 256
 """Blocks handed to a restarted replica for state transfer (``blocks_retained_max``)."""
 
@@ -146,25 +153,47 @@ class LedgerStore:
         self._conn.execute("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)",
                            (block.height, block.block_hash, _pack(block.to_plain()),
                             certificate))
-        if effect.snapshot_installed or self._meta("ledger") is None:
+        rewrite = effect.snapshot_installed or self._meta("ledger") is None
+        if rewrite:
             self._conn.execute("DELETE FROM accounts")  # first block: genesis accounts too
             keys: Iterable[bytes] = state.keys
         else:
             keys = sorted(state.changed_keys)
         self._conn.executemany("INSERT OR REPLACE INTO accounts VALUES (?, ?)",
                                [(k, _pack(state.accounts[k].to_plain(k))) for k in keys])
+        self._write_market(state, rewrite)
         self._set_meta("ledger", {"height": state.height,
                                   "last_block_hash": state.last_block_hash,
                                   "last_timestamp_ms": state.last_timestamp_ms,
                                   "validators": list(state.validators),
                                   "state_root": state.state_root})
 
+    def _write_market(self, state: LedgerState, rewrite: bool) -> None:
+        """Rows of the models, workers and jobs written (or all, after a state transfer)
+        by the block that produced ``state``; a record gone from the state loses its row."""
+        for name in MARKET_TABLES:
+            table = getattr(state, name)
+            if rewrite:
+                self._conn.execute(f"DELETE FROM {name}")
+                keys = table.keys()
+            else:
+                keys = sorted(table.changed)
+            gone = [(k,) for k in keys if k not in table]
+            self._conn.executemany(f"DELETE FROM {name} WHERE key = ?", gone)
+            self._conn.executemany(
+                f"INSERT OR REPLACE INTO {name} VALUES (?, ?)",
+                [(k, _pack(table.get(k).to_plain(k))) for k in keys if k in table])
+
     def _read_ledger_plain(self) -> dict[str, Any] | None:
         meta = self._meta("ledger")
         if meta is None:
             return None
         rows = self._conn.execute("SELECT account FROM accounts ORDER BY key").fetchall()
-        return {**meta, "accounts": [_unpack(row[0]) for row in rows]}
+        plain = {**meta, "accounts": [_unpack(row[0]) for row in rows]}
+        for name in MARKET_TABLES:
+            rows = self._conn.execute(f"SELECT record FROM {name} ORDER BY key").fetchall()
+            plain[name] = [_unpack(row[0]) for row in rows]
+        return plain
 
     # -- reading ---------------------------------------------------------------------------
 

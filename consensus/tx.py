@@ -12,12 +12,18 @@ Rules:
    ``TxRejected`` with its reason code and a message a user can act on.
 4. Kinds: ``transfer`` (amount to ``to``), ``stake`` (balance -> bonded stake), ``unstake``
    (bonded stake -> unbonding, released to the balance automatically at maturity),
-   ``register_validator`` (join the validator set at the next epoch boundary).
+   ``register_validator`` (join the validator set at the next epoch boundary), and the job
+   kinds (``consensus/ledger_jobs.py``): ``model_register``, ``worker_register``,
+   ``worker_unregister``, ``job_submit``, ``job_result``, ``job_accept``, ``job_dispute``.
+5. ``args`` is a per-kind map with a strict schema (``consensus/job_args.py``); the kinds
+   that need none carry the empty map. The body's other fields keep one meaning for every
+   kind: ``amount`` is what the sender moves (sent, staked, escrowed, bonded).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +42,22 @@ from consensus.codec import (
     verify_bytes,
 )
 from consensus.errors import TxRejected
+from consensus.job_args import (
+    NO_ARGS,
+    JobRefArgs,
+    JobResultArgs,
+    JobSubmitArgs,
+    ModelRegisterArgs,
+    NoArgs,
+    TxArgs,
+    WorkerRegisterArgs,
+    decode_job_ref,
+    decode_job_result,
+    decode_job_submit,
+    decode_model_register,
+    decode_no_args,
+    decode_worker_register,
+)
 
 TX_DOMAIN = b"prsm/tx/1"
 NONCE_MAX = 2**63 - 1
@@ -46,6 +68,29 @@ class TxKind(enum.Enum):
     STAKE = "stake"
     UNSTAKE = "unstake"
     REGISTER_VALIDATOR = "register_validator"
+    MODEL_REGISTER = "model_register"
+    WORKER_REGISTER = "worker_register"
+    WORKER_UNREGISTER = "worker_unregister"
+    JOB_SUBMIT = "job_submit"
+    JOB_RESULT = "job_result"
+    JOB_ACCEPT = "job_accept"
+    JOB_DISPUTE = "job_dispute"
+
+
+ARGS_SCHEMA: dict[TxKind, tuple[type, Callable[[Any], TxArgs]]] = {
+    TxKind.TRANSFER: (NoArgs, decode_no_args),
+    TxKind.STAKE: (NoArgs, decode_no_args),
+    TxKind.UNSTAKE: (NoArgs, decode_no_args),
+    TxKind.REGISTER_VALIDATOR: (NoArgs, decode_no_args),
+    TxKind.MODEL_REGISTER: (ModelRegisterArgs, decode_model_register),
+    TxKind.WORKER_REGISTER: (WorkerRegisterArgs, decode_worker_register),
+    TxKind.WORKER_UNREGISTER: (NoArgs, decode_no_args),
+    TxKind.JOB_SUBMIT: (JobSubmitArgs, decode_job_submit),
+    TxKind.JOB_RESULT: (JobResultArgs, decode_job_result),
+    TxKind.JOB_ACCEPT: (JobRefArgs, decode_job_ref),
+    TxKind.JOB_DISPUTE: (JobRefArgs, decode_job_ref),
+}
+"""Each kind's argument class and its strict decoder (one table: all kinds on one screen)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,11 +102,17 @@ class TxBody:
     fee: int
     amount: int = 0
     to: bytes = b""
+    args: TxArgs = NO_ARGS
+
+    def __post_init__(self) -> None:
+        assert type(self.args) is ARGS_SCHEMA[self.kind][0], \
+            f"{self.kind.value} takes {ARGS_SCHEMA[self.kind][0].__name__}"
 
     def to_plain(self) -> dict[str, Any]:
         return {"chain_id": self.chain_id, "kind": self.kind.value, "sender": self.sender,
                 "nonce": self.nonce, "fee": amount_to_bytes(self.fee),
-                "amount": amount_to_bytes(self.amount), "to": self.to}
+                "amount": amount_to_bytes(self.amount), "to": self.to,
+                "args": self.args.to_plain()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,9 +146,9 @@ def _int(plain: dict[str, Any], name: str, maximum: int) -> int:
 
 def _body(plain: Any) -> TxBody:
     if not isinstance(plain, dict) or set(plain) != {
-            "chain_id", "kind", "sender", "nonce", "fee", "amount", "to"}:
+            "chain_id", "kind", "sender", "nonce", "fee", "amount", "to", "args"}:
         raise TxRejected("malformed", "the body must have exactly chain_id, kind, sender, "
-                         "nonce, fee, amount, to")
+                         "nonce, fee, amount, to, args")
     try:
         kind = TxKind(plain["kind"])
     except (ValueError, TypeError) as error:
@@ -114,7 +165,8 @@ def _body(plain: Any) -> TxBody:
         raise TxRejected("malformed", f"{kind.value} takes no recipient")
     return TxBody(chain_id=chain_id, kind=kind, sender=sender,
                   nonce=_int(plain, "nonce", NONCE_MAX), fee=_int(plain, "fee", AMOUNT_MAX),
-                  amount=_int(plain, "amount", AMOUNT_MAX), to=to)
+                  amount=_int(plain, "amount", AMOUNT_MAX), to=to,
+                  args=ARGS_SCHEMA[kind][1](plain["args"]))
 
 
 def decode_tx(data: bytes, size_max: int) -> SignedTx:
