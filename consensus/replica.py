@@ -162,6 +162,7 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         self.batch_due = False
         self.retransmit_mark = -1  # executed height at the last retransmit tick
         self.forward_pending: list[bytes] = []
+        self.ledger_timer_at: int | None = None  # the job timer the LEDGER timer is set for
         self._view_change_cache: tuple[tuple[int, int, int], Signed] | None = None
         self.state_transfer_peer = 0
         self.counters = dict.fromkeys(("view_changes_started", "peer_errors",
@@ -436,18 +437,21 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         seq = self.executed + 1
         held = self.slots.get(seq)
         if (self.phase is not Phase.NORMAL or self.primary() != self.index
-                or not self._in_window(seq) or (held is not None and held.view == self.view)
-                or not self.mempool.has_executable(self.ledger)):
+                or not self._in_window(seq) or (held is not None and held.view == self.view)):
+            return
+        timers_due = self._ledger_timers_due()
+        if not self.mempool.has_executable(self.ledger) and not timers_due:
+            self._arm_ledger_timer(out)
             return
         batch_max = self.ledger.params.batch_size_max
         candidates = self.mempool.candidates(batch_max)
-        if len(candidates) < batch_max and not self.batch_due:
+        if len(candidates) < batch_max and not self.batch_due and not timers_due:
             self._arm_batch(out)
             return
         self.timer_armed[TimerKind.BATCH] = False
         timestamp = max(self.now_ms, self.ledger.last_timestamp_ms + 1)
         block, state = self.ledger.build_block(timestamp, candidates)
-        if not block.txs:
+        if not block.txs and not timers_due:
             return
         pre_prepare = self._sign(PrePrepare(view=self.view, seq=seq, block=block))
         slot = Slot(pre_prepare, None)
@@ -461,7 +465,20 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
     def _work_pending(self) -> bool:
         return (any(seq > self.executed and slot.view == self.view
                     for seq, slot in self.slots.items())
-                or self.mempool.has_executable(self.ledger))
+                or self.mempool.has_executable(self.ledger) or self._ledger_timers_due())
+
+    def _ledger_timers_due(self) -> bool:
+        """A job's turn, deadline or window has passed: a block, even an empty one, is
+        due (jobs are refunded and settled only by blocks; the agreed time is theirs)."""
+        at_ms = self.ledger.next_timer_ms()
+        return at_ms is not None and at_ms <= self.now_ms
+
+    def _arm_ledger_timer(self, out: list[Effect]) -> None:
+        """The primary wakes up when the ledger's next job timer comes due."""
+        at_ms = self.ledger.next_timer_ms()
+        if at_ms is not None and at_ms != self.ledger_timer_at:
+            self.ledger_timer_at = at_ms
+            self._timer(TimerKind.LEDGER, max(1, at_ms - self.now_ms), out)
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -539,6 +556,9 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         elif kind is TimerKind.VIEW_CHANGE:
             if self.phase is Phase.VIEW_CHANGE:
                 self._start_view_change(self.view + 1, Trigger.TIMEOUT, out)
+        elif kind is TimerKind.LEDGER:
+            self.ledger_timer_at = None
+            self._maybe_propose(out)
         elif kind is TimerKind.FORWARD:
             self._flush_forwards(out)
         elif kind is TimerKind.RETRANSMIT:

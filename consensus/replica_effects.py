@@ -94,6 +94,7 @@ class TimerKind(enum.Enum):
     RETRANSMIT = "retransmit"
     STATE_TRANSFER = "state_transfer"
     FORWARD = "forward"
+    LEDGER = "ledger"  # a job timer of the ledger comes due: propose a block, even empty
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from consensus.genesis import Genesis
 from consensus.replica import Replica
 from consensus.replica_effects import (
     BlockCommitted,
@@ -15,18 +16,24 @@ from consensus.replica_effects import (
 )
 from consensus.tx import SignedTx, TxBody, TxKind, sign_tx
 from simulations.pbft_adapter import PbftSimAdapter
-from simulations.pbft_scenario import CHAIN_ID, _user_signers, _validator_signers, make_genesis
+from simulations.pbft_scenario import (
+    CHAIN_ID,
+    _user_signers,
+    _validator_signers,
+    make_genesis,
+)
 from simulations.sim import Address, NetworkModel, Simulator
 
 
 class Cluster:
     def __init__(self, n: int = 4, *, seed: int = 1, config: ReplicaConfig | None = None,
                  network: NetworkModel | None = None, wrap: Any = None,
-                 adapter: Any = None, factory: Any = None) -> None:
+                 adapter: Any = None, factory: Any = None,
+                 genesis: Genesis | None = None) -> None:
         self.n = n
         self.signers = _validator_signers(n)
         self.users = _user_signers()
-        self.genesis = make_genesis(self.signers, self.users)
+        self.genesis = genesis or make_genesis(self.signers, self.users)
         self.config = config or ReplicaConfig(checkpoint_interval=4, window_max=16,
                                               view_change_timeout_ms=1_000,
                                               retransmit_interval_ms=200)
