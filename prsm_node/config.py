@@ -344,7 +344,9 @@ class JobsSection:
         _between(1, 7 * 24 * 3600),
     )
     memory_mb: int = _key(
-        "resident memory (MiB) one job's worker may use, torch included", 2048, _between(256, 2**20)
+        "resident memory (MiB) one job's worker may use; torch alone takes ~300",
+        2048,
+        _between(512, 2**20),
     )
     wall_seconds: int = _key(
         "wall-clock seconds from spawn to result; the worker is killed past it",
