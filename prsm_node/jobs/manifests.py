@@ -223,3 +223,16 @@ def fetch_model(cid: Cid, get_block: BlockGetter) -> ModelFiles:
     files = {f.name: read_file(f.cid, get_block, size_max=f.size) for f in manifest.files}
     check_weights(manifest, files)
     return ModelFiles(manifest=manifest, files=files)
+
+
+def publish_student(put: Put, *, name: str, owner: bytes, teacher: Cid, weights: bytes,
+                    info: Mapping[str, Any], tolerance: Tolerance | None = None,
+                    shard_size_max: int = SHARD_SIZE_MAX) -> PublishedModel:
+    """Publish a distill job's student (``JobResult.outputs["student.safetensors"]`` and
+    ``JobResult.info``) as a model whose manifest names its teacher (rule 1)."""
+    student = info["student"]
+    return publish_model(put, name=name, architecture=student["architecture"],
+                         config=student["config"], weights=weights, owner=owner,
+                         tolerance=tolerance,
+                         lineage={**info["lineage"], "teacher": str(teacher)},
+                         shard_size_max=shard_size_max)
