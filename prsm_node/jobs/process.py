@@ -220,6 +220,7 @@ def _handle_line(line: bytes, watch: _Watch, on_event: Callable[[dict[str, Any]]
     kind = event["event"]
     if kind == "done":
         watch.done = event
+        on_event({"event": "done"})  # the payload comes back in the JobResult
     elif kind == "error":
         watch.error = event
     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -95,8 +95,15 @@ class _Job:
     progress: dict[str, Any] = field(default_factory=dict)
     result: JobResult | None = None
     error: JobError | None = None
+    on_event: Callable[[dict[str, Any]], None] | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
+
+    def record(self, event: dict[str, Any]) -> None:
+        """A worker event (started, phase, progress): kept for ``status``, passed on."""
+        self.progress.update(event)
+        if self.on_event is not None:
+            self.on_event(event)
 
     def move(self, state: JobState) -> None:
         assert state in _TRANSITIONS[self.state], (self.job_id, self.state, state)
@@ -136,8 +143,10 @@ class JobRunner:
                     self._finish(job, JobState.CANCELLED,
                                  error=JobCancelled(f"{job.job_id}: the runner stopped"))
 
-    def submit(self, request: JobRequest, *, job_id: str | None = None) -> str:
-        """Check and queue a job (rule 1); returns its id."""
+    def submit(self, request: JobRequest, *, job_id: str | None = None,
+               on_event: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """Check and queue a job (rule 1); returns its id. ``on_event`` gets each of the
+        worker's events as it arrives (e.g. to relay progress to a client)."""
         if not self._running:
             raise JobRefused("the job runner is not running")
         if request.kind not in self._settings.kinds:
@@ -147,7 +156,8 @@ class JobRunner:
             raise JobRefused(f"job id {job_id!r} is already in use")
         if len(self._queue) >= self._settings.queue_max:
             raise JobRefused(f"the job queue is full ({self._settings.queue_max} waiting)")
-        job = _Job(job_id=job_id, request=request, params=check_request(request))
+        job = _Job(job_id=job_id, request=request, params=check_request(request),
+                   on_event=on_event)
         self._queue.append(job)
         self._queue_signal.release()
         self._jobs[job_id] = job
@@ -226,7 +236,7 @@ class JobRunner:
                 result = await run_worker(job.request, params=job.params, limits=limits,
                                           device=self._settings.device,
                                           work_root=self._work_root, python=self._python,
-                                          on_event=job.progress.update)
+                                          on_event=job.record)
             except JobError as failure:
                 error = failure
         if job.scope.cancelled_caught:

@@ -27,12 +27,16 @@ async def test_distilled_student_reaches_90_percent_of_the_teacher_accuracy(
     dataset = to_safetensors({"input": inputs[:TRAIN_SAMPLES],
                               "labels": labels[:TRAIN_SAMPLES]})
     runner = await start_runner()
+    events: list[dict] = []
     job_id = runner.submit(JobRequest(
         kind="distill", models={"teacher": teacher.files()},
         inputs={"dataset.safetensors": dataset}, seed=1,
         params={"student": STUDENT, "steps": 300, "temperature": 2.0,
-                "learning_rate": 0.01, "progress_every": 50}))
+                "learning_rate": 0.01, "progress_every": 50}), on_event=events.append)
     result = await runner.wait(job_id)
+    steps = [event["step"] for event in events if event["event"] == "progress"]
+    assert steps == [50, 100, 150, 200, 250, 300]
+    assert [event["event"] for event in events][-1] == "done"
     progress = runner.status(job_id).progress
     assert progress["step"] == progress["steps"] == 300 and math.isfinite(progress["loss"])
 
