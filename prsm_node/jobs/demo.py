@@ -18,7 +18,9 @@ from torch import nn
 
 from prsm_node.jobs.architectures import validate_config
 from prsm_node.jobs.data import classification_task, image_task, text_windows
+from prsm_node.jobs.manifests import PublishedModel, Put, publish_model
 from prsm_node.jobs.models import build_model
+from prsm_node.jobs.tensors import to_safetensors
 from prsm_node.jobs.training import hard_label_loss, train
 
 DEMO_CONFIGS: Mapping[str, Mapping[str, Any]] = {
@@ -81,3 +83,13 @@ def train_demo(architecture: str, *, seed: int = 0, steps: int | None = None,
     held_out = accuracy(model, inputs[TRAIN_SAMPLES:], targets[TRAIN_SAMPLES:])
     return DemoModel(architecture=architecture, config=config, model=model,
                      held_out_accuracy=held_out)
+
+
+def publish_demo(put: Put, *, architecture: str, owner: bytes, name: str | None = None,
+                 seed: int = 0, steps: int | None = None) -> PublishedModel:
+    """Train the demo model of ``architecture`` and publish it through ``put``
+    (``model publish --demo``)."""
+    demo = train_demo(architecture, seed=seed, steps=steps)
+    return publish_model(put, name=name or f"demo-{architecture}", architecture=architecture,
+                         config=demo.config, weights=to_safetensors(demo.model.state_dict()),
+                         owner=owner)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from prsm_node.jobs.demo import publish_demo
 from prsm_node.jobs.errors import ModelError, WeightsMismatchError
 from prsm_node.jobs.manifests import (
     DEFAULT_TOLERANCE,
@@ -20,6 +21,7 @@ from prsm_node.jobs.manifests import (
 from prsm_node.jobs.models import build_model
 from prsm_node.jobs.tensorfile import parse_header
 from prsm_node.jobs.tensors import load_model, to_safetensors
+from storage.blockstore import BlockStore
 from storage.cid import Cid
 from storage.manifest import Manifest, decode_manifest, encode_manifest
 from storage.unixfs import Block
@@ -137,3 +139,10 @@ def test_a_file_header_is_parsed_before_anything_else() -> None:
     published, _ = _publish()
     (data,) = published.files.values()
     assert set(parse_header(data).entries) == {t.name for t in published.manifest.tensors}
+
+
+def test_a_demo_model_publishes_into_a_block_store(tmp_path) -> None:
+    with BlockStore(tmp_path / "blocks", quota_bytes=64 * 1024 * 1024, fsync=False) as store:
+        published = publish_demo(store.put, architecture="cnn", owner=OWNER, steps=5)
+        fetched = fetch_model(published.cid, store.get)
+    assert fetched.manifest.name == "demo-cnn" and fetched.files == published.files
