@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from prsm_node.jobs.errors import (
 )
 from prsm_node.jobs.manifests import ModelFiles, check_weights
 from prsm_node.jobs.spec import (
+    CPU_HARD_GRACE_SECONDS,
     INPUTS_DIR,
     MANIFEST_FILE,
     MODELS_DIR,
@@ -165,7 +166,6 @@ class _Watch:
     protocol_error: str | None = None
     rss_max_bytes: int = 0
     cpu_seconds: float = 0.0
-    events: list[str] = field(default_factory=list)
 
     def hit(self, limit: str, detail: str) -> None:
         if self.limit is None:
@@ -199,7 +199,7 @@ async def _watch_resources(process: trio.Process, limits: JobLimits, watch: _Wat
             watch.cpu_seconds = cpu
             if rss > limits.memory_mb * MIB:
                 watch.hit("memory", f"resident {rss // MIB} MiB > {limits.memory_mb} MiB")
-            elif cpu > limits.cpu_seconds + 2:  # the kernel's hard limit should come first
+            elif cpu > limits.cpu_seconds + CPU_HARD_GRACE_SECONDS:  # the kernel comes first
                 watch.hit("cpu", f"{cpu:.1f} CPU seconds > {limits.cpu_seconds}")
             if watch.limit is not None:
                 _kill_group(process)
@@ -237,11 +237,11 @@ async def _read_events(process: trio.Process, watch: _Watch,
         chunk = await process.stdout.receive_some(LINE_SIZE_MAX)
         if not chunk:
             return
-        buffer += chunk
-        while b"\n" in buffer and watch.protocol_error is None:
-            line, _, rest = bytes(buffer).partition(b"\n")
-            buffer = bytearray(rest)
-            _handle_line(line, watch, on_event)
+        *lines, rest = (bytes(buffer) + chunk).split(b"\n")
+        buffer = bytearray(rest)
+        for line in lines:
+            if watch.protocol_error is None:
+                _handle_line(line, watch, on_event)
         if len(buffer) > LINE_SIZE_MAX:
             watch.protocol_error = f"a line longer than {LINE_SIZE_MAX} bytes"
     _kill_group(process)

@@ -138,7 +138,8 @@ class JobRunner:
                 task_status.started()
         finally:
             self._running = False
-            for job in self._jobs.values():
+            self._queue.clear()
+            for job in list(self._jobs.values()):  # _finish evicts old records
                 if not job.finished.is_set():
                     self._finish(job, JobState.CANCELLED,
                                  error=JobCancelled(f"{job.job_id}: the runner stopped"))

@@ -66,6 +66,8 @@ RECIPE_SAMPLES_MAX = 1 << 26
 """67 M synthetic samples: a recipe is a few bytes that can ask for gigabytes, so the
 memory limit still has the last word; this bound only refuses the absurd."""
 STEPS_MAX = 10_000_000
+CPU_HARD_GRACE_SECONDS = 2
+"""Between RLIMIT_CPU's soft limit (SIGXCPU) and its hard limit (SIGKILL)."""
 
 
 REQUIRED: Any = object()

@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from prsm_node.jobs.errors import JobSpecError
 from prsm_node.jobs.spec import (
+    CPU_HARD_GRACE_SECONDS,
     DATASET,
     INPUT_TENSORS,
     INPUTS_DIR,
@@ -59,8 +60,6 @@ from storage.manifest import MANIFEST_SIZE_MAX, decode_manifest
 ADDRESS_SPACE_SLACK_BYTES = 1024 * 1024 * 1024
 """Address space torch maps but does not touch: 507 MB of VMS for 221 MB RSS right after
 ``import torch`` (measured, torch 2.13 CPU), plus 64 MB malloc arenas per thread."""
-CPU_HARD_GRACE_SECONDS = 2
-"""Between SIGXCPU (soft limit) and SIGKILL (hard limit)."""
 PROMPTS_SIZE_MAX = 64 * 1024 * 1024
 EXIT_REPORTED = 3
 
