@@ -321,6 +321,49 @@ class PbftSection:
         return replace(_PBFT, **{item.name: getattr(self, item.name) for item in fields(self)})
 
 
+JOB_KINDS = ("inference", "distill")
+JOB_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _kinds(values: tuple[str, ...]) -> str | None:
+    for value in values:
+        if value not in JOB_KINDS:
+            return f"unknown job kind {value!r} (known: {', '.join(JOB_KINDS)})"
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobsSection:
+    max_concurrent: int = _key(
+        "job worker processes running at once; more jobs wait in the queue", 1, _between(1, 64)
+    )
+    queue_max: int = _key("jobs waiting for a worker; more are refused", 16, _between(1, 4096))
+    cpu_seconds: int = _key(
+        "CPU seconds one job may use (RLIMIT_CPU, all its threads together)",
+        600,
+        _between(1, 7 * 24 * 3600),
+    )
+    memory_mb: int = _key(
+        "resident memory (MiB) one job's worker may use; torch alone takes ~300",
+        2048,
+        _between(512, 2**20),
+    )
+    wall_seconds: int = _key(
+        "wall-clock seconds from spawn to result; the worker is killed past it",
+        900,
+        _between(1, 7 * 24 * 3600),
+    )
+    threads: int = _key(
+        "torch threads per job; results are bitwise reproducible for a fixed count",
+        1,
+        _between(1, 256),
+    )
+    kinds: tuple[str, ...] = _key("job kinds this node runs", JOB_KINDS, _kinds)
+    device: str = _key(
+        "auto (the GPU when torch sees one), cpu or cuda", "auto", _one_of(JOB_DEVICES)
+    )
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -329,6 +372,7 @@ class NodeConfig:
     dht: DhtSection = field(default_factory=DhtSection)
     pbft: PbftSection = field(default_factory=PbftSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    jobs: JobsSection = field(default_factory=JobsSection)
 
 
 SECTION_DOCS = {
@@ -338,6 +382,7 @@ SECTION_DOCS = {
     "dht": "Kademlia DHT /prsm/kad/1.0.0 (times in ms, sizes in bytes)",
     "pbft": "PBFT replica of the FTNS ledger /prsm/pbft/1.0.0 (chain rules: genesis.json)",
     "storage": "content-addressed block store and /prsm/blocks/1.0.0 (times in ms, sizes in bytes)",
+    "jobs": "inference and distillation jobs in sandboxed torch worker processes",
 }
 
 

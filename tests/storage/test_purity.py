@@ -5,10 +5,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.style_limits import oversized
+
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("trio", "libp2p", "prsm_node")
-SIZE_MAX = 30 * 1024
-FUNCTION_LINES_MAX = 70
 
 
 def _files() -> list[Path]:
@@ -34,14 +34,4 @@ def test_storage_never_imports_trio_libp2p_or_prsm_node() -> None:
 
 
 def test_storage_modules_and_functions_stay_small() -> None:
-    too_big = []
-    for path in _files():
-        text = path.read_text()
-        if len(text.encode()) > SIZE_MAX:
-            too_big.append(f"{path.name}: {len(text)} bytes")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                lines = (node.end_lineno or node.lineno) - node.lineno + 1
-                if lines > FUNCTION_LINES_MAX:
-                    too_big.append(f"{path.name}:{node.name}: {lines} lines")
-    assert too_big == []
+    assert oversized(_files()) == []
