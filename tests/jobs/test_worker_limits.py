@@ -6,6 +6,9 @@ for gigabytes of inputs, a distillation of ten million steps), not a test-only j
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
+
 import psutil
 import pytest
 import torch
@@ -22,6 +25,7 @@ from prsm_node.jobs.process import JobLimits, JobRequest
 from prsm_node.jobs.runner import JobRunner, JobState
 from prsm_node.jobs.spec import STEPS_MAX
 from prsm_node.jobs.tensors import to_safetensors
+from prsm_node.jobs.worker import ADDRESS_SPACE_SLACK_BYTES
 from tests.jobs.helpers import published
 
 pytestmark = pytest.mark.multiprocess
@@ -92,13 +96,23 @@ async def test_a_worker_error_is_reported_as_a_typed_failure(start_runner) -> No
     assert "Traceback" not in caught.value.message
 
 
-async def test_cancelling_a_running_job_kills_its_worker(start_runner) -> None:
+async def test_a_running_worker_is_confined_and_cancelling_it_kills_it(
+        start_runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PRSM_HOME", str(tmp_path / "node"))
     runner = await start_runner()
     job_id = runner.submit(_distill())
     with trio.fail_after(120):  # poll the status until the worker reports training steps
         while "step" not in runner.status(job_id).progress:
             await trio.sleep(0.05)
     pid = runner.status(job_id).progress["pid"]
+    worker = psutil.Process(pid)
+    work = Path(worker.cwd())
+    assert work.parent == tmp_path and stat.S_IMODE(work.stat().st_mode) == 0o700
+    assert "PRSM_HOME" not in worker.environ() and worker.environ()["HOME"] == str(work)
+    memory_bytes = ROOMY.memory_mb * 1024 * 1024
+    assert worker.rlimit(psutil.RLIMIT_AS)[0] == memory_bytes + ADDRESS_SPACE_SLACK_BYTES
+    assert worker.rlimit(psutil.RLIMIT_CPU)[0] == ROOMY.cpu_seconds
+    assert worker.rlimit(psutil.RLIMIT_CORE) == (0, 0)
     assert runner.cancel(job_id)
     with pytest.raises(JobCancelled):
         await runner.wait(job_id)
