@@ -28,11 +28,11 @@ from consensus.job_tx import TxHeader
 from consensus.tx import TxBody
 from prsm_node.control import Dispatcher, ErrorCode, Param, RpcError
 from prsm_node.dht_service import unix_ms
-from prsm_node.jobs.demo import publish_demo
 from prsm_node.jobs.errors import JobSpecError, ModelError
 from prsm_node.jobs.manifests import PublishedModel, describe_model, fetch_model, publish_model
 from prsm_node.jobs_records import encode_params, job_json
 from prsm_node.jobs_service import JobsService
+from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
 from prsm_node.ledger_api import format_ftns, parse_ftns
 from prsm_node.ledger_service import LedgerService, TxFailed
 from prsm_node.storage_service import StorageService
@@ -129,8 +129,7 @@ class JobsMethods:
         price_units = parse_ftns(price, "price")
         published = await self._publish(path, architecture, config, demo, name, steps)
         root = published.cid
-        await self._storage.in_thread(self._storage.store.pin, root)
-        announced = await self._storage.provide(root)
+        announced = await keep_model(self._storage, published)
         committed = await self._post(lambda h: job_tx.model_register(
             h, model=str(root), royalty_bps=royalty_bps, price=price_units), wait_s)
         return {"cid": str(root), "name": published.manifest.name,
@@ -145,6 +144,10 @@ class JobsMethods:
             raise _invalid("give either 'path' (with 'architecture') or 'demo'")
         try:
             if demo is not None:
+                # Imported here: torch takes seconds to import and the node needs it only
+                # to train a demo model (jobs run in worker processes).
+                from prsm_node.jobs.demo import publish_demo
+
                 return await self._storage.in_thread(lambda: publish_demo(
                     put, architecture=demo, owner=owner, name=name, steps=steps))
             if architecture is None:
@@ -191,15 +194,10 @@ class JobsMethods:
         if not models or not all(isinstance(m, str) for m in models):
             raise _invalid("param 'models': a non-empty list of model CIDs")
         for text in models:
-            root = _cid(text, "models")
-            outcome = await self._storage.fetch(root, pin=True)
-            if not outcome.complete:
-                raise _error(f"could not fetch model {text}: {outcome.reason}; is its "
-                             "publisher online?")
             try:
-                await self._storage.in_thread(fetch_model, root, self._storage.store.get)
-            except (StorageError, ModelError) as error:
-                raise _error(f"model {text} is not a usable model: {error}") from None
+                await fetch_model_files(self._storage, _cid(text, "models"), pin=True)
+            except ModelFetchError as error:
+                raise _error(str(error)) from None
         amount = parse_ftns(stake, "stake") if stake is not None else 0
         committed = await self._post(lambda h: job_tx.worker_register(
             h, models=list(models), stake=amount), wait_s)
@@ -270,20 +268,20 @@ class JobsMethods:
         if not target.is_absolute():
             raise _invalid(f"param 'output': {output} is not an absolute path")
         root = _cid(job.output, "output")
-        outcome = await self._storage.fetch(root, pin=False)
-        if not outcome.complete:
-            raise _error(f"could not fetch the result {job.output}: {outcome.reason}")
         get = self._storage.store.get
         try:
             if job.job_kind is JobKind.INFERENCE:
+                outcome = await self._storage.fetch(root, pin=False)
+                if not outcome.complete:
+                    raise _error(f"could not fetch the result {root}: {outcome.reason}")
                 data = await self._storage.in_thread(
                     lambda: read_file(root, get, size_max=RESULT_SIZE_MAX))
             else:
-                files = await self._storage.in_thread(fetch_model, root, get)
+                files = await fetch_model_files(self._storage, root, pin=False)
                 if len(files.files) != 1:
                     raise _error("the student is sharded; fetch it with `prsm-node store get`")
                 data = next(iter(files.files.values()))
-        except (StorageError, ModelError) as error:
+        except (StorageError, ModelFetchError) as error:
             raise _error(f"result {job.output} is unreadable: {error}") from None
         matches = sha256(data).digest() == job.output_sha256
         target.write_bytes(data)

@@ -36,11 +36,12 @@ from consensus.job_tx import TxHeader
 from consensus.tx import TxBody
 from prsm_node.jobs.architectures import architecture
 from prsm_node.jobs.errors import JobError, JobRefused, JobSpecError, ModelError
-from prsm_node.jobs.manifests import ModelFiles, describe_model, fetch_model, publish_student
+from prsm_node.jobs.manifests import describe_model, publish_student
 from prsm_node.jobs.process import JobRequest, JobResult
 from prsm_node.jobs.runner import JobRunner
 from prsm_node.jobs.spec import OUTPUT, STUDENT
 from prsm_node.jobs_records import decode_params, input_name, job_seed
+from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
 from prsm_node.ledger_service import LedgerService, TxFailed
 from prsm_node.storage_service import StorageService
 from storage.cid import Cid
@@ -161,9 +162,10 @@ class JobsService:
 
     async def _request(self, job_id: bytes, job: Job) -> JobRequest:
         """Rule 2: everything the job needs, from the ledger record and the store."""
-        model_cid = await self._fetch(job.model, pin=True)
-        files: ModelFiles = await self._storage.in_thread(
-            fetch_model, model_cid, self._storage.store.get)
+        try:
+            files = await fetch_model_files(self._storage, Cid.parse(job.model), pin=True)
+        except (ModelFetchError, InvalidDataError) as error:
+            raise JobInputError(f"model {job.model}: {error}") from None
         input_cid = await self._fetch(job.input, pin=False)
         try:
             data = await self._storage.in_thread(
@@ -194,8 +196,10 @@ class JobsService:
                 teacher=Cid.parse(job.model), weights=data, info=result.info))
             root = student.cid
             local.student = str(root)
-        await self._storage.in_thread(self._storage.store.pin, root)
-        await self._storage.provide(root)
+            await keep_model(self._storage, student)
+        if job.job_kind.value == "inference":
+            await self._storage.in_thread(self._storage.store.pin, root)
+            await self._storage.provide(root)
         if job.job_kind.value == "distill" and local.role == "worker":
             await self._register_student(job, str(root))
         return root, sha256(data).digest()
