@@ -15,8 +15,7 @@ Rules:
    job (fetch failed, bad spec or model, limit hit, worker failed). Our own bugs propagate.
 4. A distill job's output is its student, published with its lineage (manifest names the
    teacher) and, by the assignee only, registered on the ledger with the teacher set; the
-   result posted is the student manifest's CID and the SHA-256 of the student's weights
-   (the reproducible part: the manifest names its owner, which differs per worker).
+   result posted is the student manifest's CID and ``weights_digest`` (jobs_store.py).
 """
 
 from __future__ import annotations
@@ -41,7 +40,12 @@ from prsm_node.jobs.process import JobRequest, JobResult
 from prsm_node.jobs.runner import JobRunner
 from prsm_node.jobs.spec import OUTPUT, STUDENT
 from prsm_node.jobs_records import decode_params, input_name, job_seed
-from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
+from prsm_node.jobs_store import (
+    ModelFetchError,
+    fetch_model_files,
+    keep_model,
+    weights_digest,
+)
 from prsm_node.ledger_service import LedgerService, TxFailed
 from prsm_node.storage_service import StorageService
 from storage.cid import Cid
@@ -189,20 +193,18 @@ class JobsService:
         if job.job_kind.value == "inference":
             data = result.outputs[OUTPUT]
             root = await self._storage.in_thread(lambda: add_chunks([data], put).root)
-        else:
-            data = result.outputs[STUDENT]
-            student = await self._storage.in_thread(lambda: publish_student(
-                put, name=f"student-{job_id.hex()[:12]}", owner=self.key,
-                teacher=Cid.parse(job.model), weights=data, info=result.info))
-            root = student.cid
-            local.student = str(root)
-            await keep_model(self._storage, student)
-        if job.job_kind.value == "inference":
             await self._storage.in_thread(self._storage.store.pin, root)
             await self._storage.provide(root)
-        if job.job_kind.value == "distill" and local.role == "worker":
-            await self._register_student(job, str(root))
-        return root, sha256(data).digest()
+            return root, sha256(data).digest()
+        weights = result.outputs[STUDENT]
+        student = await self._storage.in_thread(lambda: publish_student(
+            put, name=f"student-{job_id.hex()[:12]}", owner=self.key,
+            teacher=Cid.parse(job.model), weights=weights, info=result.info))
+        local.student = str(student.cid)
+        await keep_model(self._storage, student)
+        if local.role == "worker":
+            await self._register_student(job, str(student.cid))
+        return student.cid, weights_digest(student)
 
     async def _register_student(self, job: Job, student: str) -> None:
         teacher = self._ledger.ledger().model(job.model)

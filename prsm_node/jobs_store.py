@@ -4,11 +4,17 @@ Rules:
 1. A manifest names its weight files by CID but does not link them (it is a raw block), so
    a model is stored, pinned, provided and fetched root by root: the manifest, then each
    file. Pinning every root keeps the whole model out of garbage collection.
-2. Fetching checks as it goes: every block against its CID (storage), then every tensor
+2. A student's result hash is the SHA-256 of its weight files in manifest order
+   (``weights_digest``): the reproducible part of a distill job's output (the manifest also
+   names its owner, which differs per worker, and ``shard_weights`` rewrites the worker's
+   safetensors file, so neither the manifest nor the raw output is what gets hashed).
+3. Fetching checks as it goes: every block against its CID (storage), then every tensor
    against the manifest (``fetch_model``) before the model is used.
 """
 
 from __future__ import annotations
+
+from hashlib import sha256
 
 from prsm_node.jobs.errors import ModelError
 from prsm_node.jobs.manifests import ModelFiles, PublishedModel, fetch_model
@@ -16,6 +22,14 @@ from prsm_node.storage_service import StorageService
 from storage.cid import Cid
 from storage.errors import StorageError
 from storage.manifest import load_manifest
+
+
+def weights_digest(files: ModelFiles | PublishedModel) -> bytes:
+    """Rule 2."""
+    digest = sha256()
+    for weight in files.manifest.files:
+        digest.update(files.files[weight.name])
+    return digest.digest()
 
 
 class ModelFetchError(Exception):
