@@ -33,7 +33,7 @@ from prsm_node.jobs.manifests import PublishedModel, describe_model, fetch_model
 from prsm_node.jobs_records import encode_params, job_json
 from prsm_node.jobs_service import JobsService
 from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
-from prsm_node.ledger_api import format_ftns, parse_ftns
+from prsm_node.ledger_api import _address, format_ftns, parse_ftns
 from prsm_node.ledger_service import LedgerService, TxFailed
 from prsm_node.storage_service import StorageService
 from storage.cid import Cid
@@ -108,6 +108,7 @@ class JobsMethods:
         dispatcher.register("model_show", self.model_show, [Param("cid", text)])
         dispatcher.register("worker_register", self.worker_register, [
             Param("models", list), Param("stake", text, None), wait])
+        dispatcher.register("worker_show", self.worker_show, [Param("address", text, None)])
         dispatcher.register("job_submit", self.job_submit, [
             Param("model", text), Param("kind", text), Param("input", text),
             Param("params", dict, None), Param("max_price", text, None),
@@ -204,6 +205,17 @@ class JobsMethods:
         worker = self._ledger.ledger().worker(self._ledger.signer.public_key)
         return {"worker": self._ledger.signer.public_key.hex(), "models": sorted(set(models)),
                 "stake": format_ftns(worker.stake if worker else 0)} | committed
+
+    async def worker_show(self, address: str | None = None) -> dict[str, Any]:
+        """A worker's stake, models and unsettled results (default: this node's)."""
+        key = self._ledger.signer.public_key if address is None else _address(address, "address")
+        state = self._ledger.ledger()
+        worker = state.worker(key)
+        if worker is None:
+            raise _error(f"{key.hex()} is not a registered worker (`prsm-node worker register`)")
+        return {"worker": key.hex(), "stake": format_ftns(worker.stake),
+                "stake_units": str(worker.stake), "models": list(worker.models),
+                "open_jobs": worker.open_jobs, "height": state.height}
 
     # -- jobs ------------------------------------------------------------------------------
 

@@ -12,14 +12,21 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from consensus import job_tx
+from consensus.codec import Ed25519Signer
 from consensus.genesis import UNITS_PER_FTNS, Params
+from consensus.job_args import JobKind
+from consensus.job_records import rank_workers
+from consensus.job_tx import TxHeader
+from consensus.tx import SignedTx, TxBody, sign_tx
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 from prsm_node.jobs.demo import HELD_OUT_SAMPLES, TRAIN_SAMPLES, accuracy, demo_task, train_demo
 from prsm_node.jobs.models import build_model
@@ -31,7 +38,7 @@ pytestmark = pytest.mark.multiprocess
 
 A, B, C, D = 0, 1, 2, 3
 PARAMS = replace(Params(), fee_min=0, job_fee_bps=400, worker_stake_min=UNITS_PER_FTNS,
-                 job_assign_timeout_ms=20_000, challenge_window_ms=3_000)
+                 job_assign_timeout_ms=20_000, challenge_window_ms=6_000)
 """Free transactions so balance deltas are exactly the job's split; a 4 % job fee splits
 evenly over the four validators; timers short enough for a test, long enough for a job."""
 PRICE_FTNS, ROYALTY_BPS = 10, 1_000
@@ -181,3 +188,114 @@ def test_distill_job_publishes_a_student_with_its_lineage(
 def _registered(devnet: Devnet, cid: str) -> dict | None:
     models = devnet.call(A, "model_list")["models"]
     return next((m for m in models if m["cid"] == cid), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Outsider:
+    """An account held by this test process, not by any node: it signs its own
+    transactions and submits them through node A's `tx_submit`."""
+
+    signer: Ed25519Signer
+    chain_id: str
+    nonce: list[int]  # next nonce, one cell so the frozen record can count
+
+    @property
+    def key(self) -> str:
+        return self.signer.public_key.hex()
+
+    def submit(self, devnet: Devnet, build: Callable[[TxHeader], TxBody]) -> dict:
+        signed = self.sign(build)
+        with devnet.client(A, timeout_s=90) as client:
+            return client.call("tx_submit", {"tx": signed.encoded.hex(), "wait_s": 60.0})
+
+    def sign(self, build: Callable[[TxHeader], TxBody]) -> SignedTx:
+        header = TxHeader(chain_id=self.chain_id, sender=self.signer.public_key,
+                          nonce=self.nonce[0], fee=0)
+        return sign_tx(build(header), self.signer)
+
+
+def outsider(devnet: Devnet, seed_byte: int) -> Outsider:
+    person = Outsider(Ed25519Signer.from_seed(bytes([seed_byte]) * 32),
+                      devnet.call(A, "ledger_head")["chain_id"], [0])
+    with devnet.client(A, timeout_s=90) as client:
+        client.call("tx_transfer", {"to": person.key, "amount": "100", "wait_s": 60.0})
+    return person
+
+
+@pytest.fixture(scope="module")
+def liar(market: Market, mlp_weights: tuple[torch.nn.Module, dict, Path]
+         ) -> tuple[Outsider, str]:
+    """A worker that never computes: registered for the market's MLP and for a second
+    model (the same weights under another name) that no node serves."""
+    devnet = market.devnet
+    worker = outsider(devnet, 7)
+    _, config, weights = mlp_weights
+    with devnet.client(A, timeout_s=90) as client:
+        lonely = client.call("model_publish", {
+            "path": str(weights), "architecture": "mlp", "config": config, "name": "lonely",
+            "price": "2"})["cid"]
+    worker.submit(devnet, lambda h: job_tx.worker_register(
+        h, models=[market.mlp, lonely], stake=5 * UNITS_PER_FTNS))
+    worker.nonce[0] += 1
+    return worker, lonely
+
+
+def test_wrong_result_is_outvoted_by_reexecution_and_slashed(
+        market: Market, liar: tuple[Outsider, str]) -> None:
+    devnet, (worker, _) = market.devnet, liar
+    submitter = outsider(devnet, 9)
+    input_path = market.directory / "disputed.safetensors"
+    input_path.write_bytes(to_safetensors({"input": torch.randn(
+        11, 16, generator=torch.Generator().manual_seed(8))}))
+    input_cid = devnet.call(B, "store_add", {"path": str(input_path)})["cid"]
+    workers = [bytes.fromhex(market.keys[C]), bytes.fromhex(market.keys[D]),
+               worker.signer.public_key]
+    deadline_ms = int(time.time() * 1000) + 300_000
+    # Assignment is a pure function of the job id: pick the batch size that ranks the liar
+    # first (one in three does).
+    for batch_size in range(1, 64):
+        signed = submitter.sign(lambda h, size=batch_size: job_tx.job_submit(
+            h, model=market.mlp, job_kind=JobKind.INFERENCE, input_cid=input_cid,
+            deadline_ms=deadline_ms, max_price=PRICE_FTNS * UNITS_PER_FTNS,
+            params={"batch_size": size}))
+        if rank_workers(signed.tx_hash, workers)[0] == worker.signer.public_key:
+            break
+    submitter_before = int(devnet.call(A, "wallet_balance", {"address": submitter.key})
+                           ["balance_units"])
+    stake_before = int(devnet.call(A, "worker_show", {"address": worker.key})["stake_units"])
+    with devnet.client(A, timeout_s=90) as client:
+        client.call("tx_submit", {"tx": signed.encoded.hex(), "wait_s": 60.0})
+    submitter.nonce[0] += 1
+    job_id = signed.tx_hash
+    assert devnet.call(A, "job_status", {"job_id": job_id.hex()})["assignee"] == worker.key
+
+    worker.submit(devnet, lambda h: job_tx.job_result(
+        h, job=job_id, output_cid=input_cid, output_sha256=bytes(32)))
+    worker.nonce[0] += 1
+    bond = job_tx.dispute_bond(PRICE_FTNS * UNITS_PER_FTNS, PARAMS.dispute_bond_bps)
+    submitter.submit(devnet, lambda h: job_tx.job_dispute(h, job=job_id, bond=bond))
+
+    ended = wait_status(market, A, job_id.hex(), {"refunded", "failed", "accepted"})
+    assert ended["outcome"] == "dispute_upheld", ended
+    honest = {digest for _, digest in ended["votes"]}
+    assert len(honest) == 1 and honest != {bytes(32).hex()}
+    slash = stake_before * PARAMS.slash_bps // 10_000
+    stake_after = int(devnet.call(A, "worker_show", {"address": worker.key})["stake_units"])
+    assert stake_after == stake_before - slash
+    submitter_after = int(devnet.call(A, "wallet_balance", {"address": submitter.key})
+                          ["balance_units"])
+    assert submitter_after == submitter_before  # escrow and bond back, free transactions
+
+
+def test_job_nobody_computes_is_refunded_at_its_deadline(
+        market: Market, liar: tuple[Outsider, str]) -> None:
+    devnet, (_, lonely) = market.devnet, liar
+    input_path = market.directory / "lonely-input.safetensors"
+    input_path.write_bytes(to_safetensors({"input": torch.zeros(2, 16)}))
+    before = balance_units(market, A, B)
+    job_id = devnet.call(B, "job_submit", {"model": lonely, "kind": "inference",
+                                           "input": str(input_path), "deadline_s": 4.0})["job_id"]
+    assert balance_units(market, A, B) < before  # the price is in escrow
+    ended = wait_status(market, B, job_id, {"refunded", "failed", "accepted"}, 60)
+    assert (ended["status"], ended["outcome"]) == ("refunded", "deadline_passed")
+    assert wait_for(lambda: balance_units(market, A, B) == before, 30, "B's refund")
