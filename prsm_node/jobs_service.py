@@ -77,6 +77,8 @@ class LocalJob:
     progress: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     student: str = ""
+    wall_seconds: float = 0.0  # the worker process's, torch import included
+    cpu_seconds: float = 0.0
 
 
 class JobsService:
@@ -101,7 +103,8 @@ class JobsService:
             with contextlib.suppress(KeyError):  # the runner forgot it: keep the last copy
                 progress = dict(self.runner.status(job_id.hex()).progress)
         return {"role": local.role, "state": local.state, "progress": progress,
-                "error": local.error, "student": local.student}
+                "error": local.error, "student": local.student,
+                "wall_seconds": local.wall_seconds, "cpu_seconds": local.cpu_seconds}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -134,6 +137,7 @@ class JobsService:
             local.state = "running"
             result = await self._execute(job_id, request)
             local.progress = dict(self.runner.status(job_id.hex()).progress)
+            local.wall_seconds, local.cpu_seconds = result.wall_seconds, result.cpu_seconds
             local.state = "posting"
             output_cid, digest = await self._store_output(job_id, job, result, local)
         except (JobInputError, JobError, JobSpecError, JobRefused, ModelError) as error:
