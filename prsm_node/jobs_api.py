@@ -35,7 +35,8 @@ from prsm_node.jobs_service import JobsService
 from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
 from prsm_node.ledger_api import _address, format_ftns, parse_ftns
 from prsm_node.ledger_service import LedgerService, TxFailed
-from prsm_node.storage_service import StorageService
+from prsm_node.storage_fetch import FetchOutcome
+from prsm_node.storage_service import FetchesBusy, StorageService
 from storage.cid import Cid
 from storage.errors import InvalidDataError, StorageError
 from storage.unixfs import add_chunks, read_file
@@ -87,6 +88,13 @@ def model_json(cid: str, model: Model, workers: int) -> dict[str, Any]:
             "price": format_ftns(model.price), "price_units": str(model.price),
             "teacher": model.teacher, "teacher_share_bps": model.teacher_share_bps,
             "workers": workers}
+
+
+async def _fetch_now(storage: StorageService, root: Cid) -> FetchOutcome:
+    try:
+        return await storage.fetch(root, pin=False)
+    except FetchesBusy as error:
+        raise RpcError(ErrorCode.SERVER_BUSY, f"{error}; retry later") from None
 
 
 class JobsMethods:
@@ -283,7 +291,7 @@ class JobsMethods:
         get = self._storage.store.get
         try:
             if job.job_kind is JobKind.INFERENCE:
-                outcome = await self._storage.fetch(root, pin=False)
+                outcome = await _fetch_now(self._storage, root)
                 if not outcome.complete:
                     raise _error(f"could not fetch the result {root}: {outcome.reason}")
                 data = await self._storage.in_thread(

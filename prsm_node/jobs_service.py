@@ -47,7 +47,7 @@ from prsm_node.jobs_store import (
     weights_digest,
 )
 from prsm_node.ledger_service import LedgerService, TxFailed
-from prsm_node.storage_service import StorageService
+from prsm_node.storage_service import FetchesBusy, StorageService
 from storage.cid import Cid
 from storage.errors import InvalidDataError
 from storage.unixfs import add_chunks, read_file
@@ -163,7 +163,10 @@ class JobsService:
             root = Cid.parse(text)
         except InvalidDataError as error:
             raise JobInputError(f"{text}: not a CID: {error}") from None
-        outcome = await self._storage.fetch(root, pin=pin)
+        try:
+            outcome = await self._storage.fetch(root, pin=pin)
+        except FetchesBusy as error:
+            raise JobInputError(f"could not fetch {text} now: {error}") from None
         if not outcome.complete:
             raise JobInputError(f"could not fetch {text}: {outcome.reason}")
         return root

@@ -18,7 +18,7 @@ from hashlib import sha256
 
 from prsm_node.jobs.errors import ModelError
 from prsm_node.jobs.manifests import ModelFiles, PublishedModel, fetch_model
-from prsm_node.storage_service import StorageService
+from prsm_node.storage_service import FetchesBusy, StorageService
 from storage.cid import Cid
 from storage.errors import StorageError
 from storage.manifest import load_manifest
@@ -47,7 +47,10 @@ async def keep_model(storage: StorageService, published: PublishedModel) -> int:
 
 
 async def _fetch_root(storage: StorageService, root: Cid, *, pin: bool) -> None:
-    outcome = await storage.fetch(root, pin=pin)
+    try:
+        outcome = await storage.fetch(root, pin=pin)
+    except FetchesBusy as error:
+        raise ModelFetchError(f"could not fetch {root} now: {error}; retry later") from None
     if not outcome.complete:
         raise ModelFetchError(f"could not fetch {root}: {outcome.reason}; is a provider online?")
 

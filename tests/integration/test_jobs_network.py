@@ -190,6 +190,25 @@ def _registered(devnet: Devnet, cid: str) -> dict | None:
     return next((m for m in models if m["cid"] == cid), None)
 
 
+def test_job_every_worker_refuses_fails_and_the_escrow_returns(market: Market) -> None:
+    """Bad params are a typed job error on each worker: each posts `job_failure`, the job
+    passes down the ranking, and with no worker left the submitter is refunded."""
+    devnet = market.devnet
+    input_path = market.directory / "refused.safetensors"
+    input_path.write_bytes(to_safetensors({"input": torch.zeros(3, 16)}))
+    before = balance_units(market, A, B)
+    job_id = devnet.call(B, "job_submit", {"model": market.mlp, "kind": "inference",
+                                           "input": str(input_path),
+                                           "params": {"batch_size": 0}})["job_id"]
+    ended = wait_status(market, B, job_id, {"failed", "refunded", "accepted"}, 120)
+    assert (ended["status"], ended["outcome"], ended["failures"]) == (
+        "failed", "no_worker_left", 2), ended
+    assert wait_for(lambda: balance_units(market, A, B) == before, 30, "B's refund")
+    worker = market.keys.index(ended["assignee"])
+    local = devnet.call(worker, "job_status", {"job_id": job_id})["local"]
+    assert local["state"] == "failed" and "batch_size" in local["error"]
+
+
 @dataclass(frozen=True, slots=True)
 class Outsider:
     """An account held by this test process, not by any node: it signs its own
