@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from prsm_node import __version__
+from prsm_node.cli_jobs import job_app, model_app, worker_app
 from prsm_node.cli_ledger import ledger_app, tx_app, wallet_app
 from prsm_node.cli_store import store_app
 from prsm_node.errors import UserError
@@ -36,6 +37,9 @@ app.add_typer(store_app, name="store")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(model_app, name="model")
+app.add_typer(worker_app, name="worker")
+app.add_typer(job_app, name="job")
 
 DataDirOption = Annotated[
     Path | None,

@@ -30,6 +30,9 @@ from prsm_node.datadir import DataDir, DataDirLock
 from prsm_node.dht_api import register_dht_methods
 from prsm_node.dht_service import DhtService, unix_ms
 from prsm_node.identity import read_seed
+from prsm_node.jobs.runner import JobRunner
+from prsm_node.jobs_api import JobsMethods
+from prsm_node.jobs_service import JobsService
 from prsm_node.ledger_api import LedgerMethods
 from prsm_node.ledger_genesis import GENESIS_FILE_NAME, ensure_genesis
 from prsm_node.ledger_service import LedgerService
@@ -45,6 +48,7 @@ from prsm_node.storage_service import StorageService
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 0.1
+JOBS_DIR_NAME = "jobs"  # work dirs of running jobs, under the data dir
 
 
 @dataclass(slots=True, kw_only=True)
@@ -61,6 +65,7 @@ class NodeContext:
     storage: StorageService
     replicator: Replicator
     ledger: LedgerService
+    jobs: JobsService
     started_monotonic: float
     shutdown_requested: trio.Event
 
@@ -166,8 +171,11 @@ def _build_services(
         dht=dht,
         host=host,
     )
+    (data_dir.root / JOBS_DIR_NAME).mkdir(mode=0o700, exist_ok=True)
+    runner = JobRunner(config.jobs, work_root=data_dir.root / JOBS_DIR_NAME)
     return NodeContext(
         ledger=ledger,
+        jobs=JobsService(ledger=ledger, storage=storage, runner=runner),
         data_dir=data_dir,
         config=config,
         host=host,
@@ -194,6 +202,7 @@ async def _start_services(
     register_dht_methods(dispatcher, context.dht)
     register_storage_methods(dispatcher, context.storage, context.replicator)
     LedgerMethods(context.ledger).register(dispatcher)
+    JobsMethods(context.ledger, context.storage, context.jobs).register(dispatcher)
     await nursery.start(context.storage.run)
     control = context.config.control
     await nursery.start(
@@ -207,6 +216,7 @@ async def _start_services(
     )
     await nursery.start(context.dht.run)
     await nursery.start(context.ledger.run)
+    await nursery.start(context.jobs.run)
     await nursery.start(context.replicator.run)
     await nursery.start(context.peers.run, connection_events)
 

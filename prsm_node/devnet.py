@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from nacl.signing import SigningKey
 
+from consensus.genesis import Params
 from prsm_node.config import NetworkConfig, NodeConfig
 from prsm_node.control import ControlClient, ControlClientError
 from prsm_node.datadir import DataDir
@@ -68,8 +69,10 @@ def devnet_init(
     nodes: int,
     network: NetworkConfig | None = None,
     validators: int | None = None,
+    params: Params | None = None,
 ) -> list[DevnetNode]:
-    """Create the data dirs and devnet.json; refuses to overwrite an existing devnet."""
+    """Create the data dirs and devnet.json; refuses to overwrite an existing devnet.
+    `params` overrides the genesis parameters (tests shorten the job timers)."""
     if not 1 <= nodes <= NODES_MAX:
         raise UserError(f"--nodes must be between 1 and {NODES_MAX}")
     if validators is not None and not 1 <= validators <= nodes:
@@ -88,7 +91,7 @@ def devnet_init(
         data_dir.check_socket_path()
         peer_id = peer_id_of(read_seed(data_dir.key_file))
         created.append(DevnetNode(f"node{index}", data_dir.root, peer_id, listen))
-    _write_shared_genesis(created, validators)
+    _write_shared_genesis(created, validators, params)
     manifest = [
         {"name": n.name, "data_dir": str(n.data_dir), "peer_id": n.peer_id, "listen": n.listen}
         for n in created
@@ -97,13 +100,16 @@ def devnet_init(
     return created
 
 
-def _write_shared_genesis(nodes: list[DevnetNode], validators: int | None) -> None:
+def _write_shared_genesis(
+    nodes: list[DevnetNode], validators: int | None, params: Params | None
+) -> None:
     """One chain for the whole devnet: every node funded; node0.. node(validators-1)
     validators (all by default), the rest followers."""
     keys = [
         bytes(SigningKey(read_seed(DataDir(node.data_dir).key_file)).verify_key) for node in nodes
     ]
-    genesis = devnet_genesis(keys, f"prsm-devnet-{keys[0].hex()[:8]}", unix_ms(), validators)
+    chain_id = f"prsm-devnet-{keys[0].hex()[:8]}"
+    genesis = devnet_genesis(keys, chain_id, unix_ms(), validators, params)
     for node in nodes:
         write_genesis(node.data_dir / GENESIS_FILE_NAME, genesis)
 

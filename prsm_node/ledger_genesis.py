@@ -21,17 +21,22 @@ GENESIS_FILE_BYTES_MAX = 16 * 1024 * 1024
 
 
 def devnet_genesis(
-    public_keys: list[bytes], chain_id: str, genesis_time_ms: int, validators: int | None = None
+    public_keys: list[bytes],
+    chain_id: str,
+    genesis_time_ms: int,
+    validators: int | None = None,
+    params: Params | None = None,
 ) -> Genesis:
     """Every key a funded account; the first `validators` keys (default: all) validators
-    with the minimum stake, the others followers."""
+    with the minimum stake, the others followers. `params` (default: the defaults) lets a
+    test devnet shorten the job market's timers."""
     count = len(public_keys) if validators is None else validators
     return Genesis(
         chain_id=chain_id,
         genesis_time_ms=genesis_time_ms,
         allocations=tuple((key, DEVNET_BALANCE) for key in public_keys),
         validators=tuple((key, DEVNET_STAKE) for key in public_keys[:count]),
-        params=Params(),
+        params=params or Params(),
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from consensus import replica_effects as rx
 from consensus.codec import Ed25519Signer
 from consensus.errors import PeerProtocolError as ConsensusPeerError
 from consensus.genesis import Genesis
+from consensus.job_tx import TxHeader
 from consensus.ledger import LedgerState
 from consensus.messages import decode_frame, encode_frame
 from consensus.replica import Replica
@@ -318,19 +320,24 @@ class LedgerService:
         self, kind: TxKind, amount: int, to: bytes, timeout_s: float
     ) -> rx.ClientCommitted:
         """Sign a transaction with the node's key, submit it and wait for its commit."""
+
+        def build(header: TxHeader) -> TxBody:
+            return TxBody(chain_id=header.chain_id, kind=kind, sender=header.sender,
+                          nonce=header.nonce, fee=header.fee, amount=amount, to=to)
+
+        return await self.submit_built(build, timeout_s)
+
+    async def submit_built(
+        self, build: Callable[[TxHeader], TxBody], timeout_s: float
+    ) -> rx.ClientCommitted:
+        """Sign the body ``build`` makes (a ``consensus.job_tx`` constructor, say) with the
+        node's key, the next nonce and the minimum fee; submit it and wait for its commit."""
         if len(self._waiting) >= CLIENTS_WAITING_MAX:
             raise TxFailed("busy", "too many transactions waiting; retry later")
         account = self.ledger().account(self.signer.public_key)
         nonce = self._nonce_next = max(self._nonce_next, account.nonce)
-        body = TxBody(
-            chain_id=self.genesis.chain_id,
-            kind=kind,
-            sender=self.signer.public_key,
-            nonce=nonce,
-            fee=self.genesis.params.fee_min,
-            amount=amount,
-            to=to,
-        )
+        body = build(TxHeader(chain_id=self.genesis.chain_id, sender=self.signer.public_key,
+                              nonce=nonce, fee=self.genesis.params.fee_min))
         self._nonce_next += 1
         return await self.submit(sign_tx(body, self.signer).encoded, timeout_s)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from consensus.genesis import Params
 from prsm_node.config import NetworkConfig
 from prsm_node.devnet import Devnet, devnet_init
 
@@ -35,9 +36,11 @@ def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
         network: NetworkConfig = TEST_NETWORK,
         start: bool = True,
         validators: int | None = None,
+        params: Params | None = None,
     ) -> Devnet:
         directory = short_dir / f"net{len(started)}"
-        devnet = Devnet(devnet_init(directory, nodes, network, validators=validators))
+        created = devnet_init(directory, nodes, network, validators=validators, params=params)
+        devnet = Devnet(created)
         started.append(devnet)
         if start:
             devnet.start_all()
