@@ -33,7 +33,7 @@ from prsm_node.jobs.manifests import PublishedModel, describe_model, fetch_model
 from prsm_node.jobs_records import encode_params, job_json
 from prsm_node.jobs_service import JobsService
 from prsm_node.jobs_store import ModelFetchError, fetch_model_files, keep_model
-from prsm_node.ledger_api import _address, format_ftns, parse_ftns
+from prsm_node.ledger_api import format_ftns, parse_address, parse_ftns
 from prsm_node.ledger_service import LedgerService, TxFailed
 from prsm_node.storage_fetch import FetchOutcome
 from prsm_node.storage_service import FetchesBusy, StorageService
@@ -216,7 +216,8 @@ class JobsMethods:
 
     async def worker_show(self, address: str | None = None) -> dict[str, Any]:
         """A worker's stake, models and unsettled results (default: this node's)."""
-        key = self._ledger.signer.public_key if address is None else _address(address, "address")
+        own = self._ledger.signer.public_key
+        key = own if address is None else parse_address(address, "address")
         state = self._ledger.ledger()
         worker = state.worker(key)
         if worker is None:

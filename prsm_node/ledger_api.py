@@ -45,7 +45,8 @@ def format_ftns(units: int) -> str:
     return text
 
 
-def _address(text: str, name: str) -> bytes:
+def parse_address(text: str, name: str) -> bytes:
+    """A 32-byte account key from its 64 hex digits; a JSON-RPC error names the param."""
     try:
         key = bytes.fromhex(text)
     except ValueError:
@@ -102,7 +103,8 @@ class LedgerMethods:
     async def wallet_balance(
         self, address: str | None = None, proof: bool = False
     ) -> dict[str, Any]:
-        key = self._ledger.signer.public_key if address is None else _address(address, "address")
+        own = self._ledger.signer.public_key
+        key = own if address is None else parse_address(address, "address")
         state = self._ledger.ledger()
         answer = _account_json(key, state.account(key)) | {"height": state.height}
         if proof:
@@ -119,7 +121,8 @@ class LedgerMethods:
         return answer
 
     async def tx_transfer(self, to: str, amount: str, wait_s: float = 30.0) -> dict[str, Any]:
-        return await self._submit(TxKind.TRANSFER, parse_ftns(amount), _address(to, "to"), wait_s)
+        to_key = parse_address(to, "to")
+        return await self._submit(TxKind.TRANSFER, parse_ftns(amount), to_key, wait_s)
 
     async def tx_submit(self, tx: str, wait_s: float = 30.0, wait: bool = True) -> dict[str, Any]:
         """A transaction signed elsewhere (hex of its canonical bytes): every check runs.
