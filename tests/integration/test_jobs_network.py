@@ -38,9 +38,10 @@ pytestmark = pytest.mark.multiprocess
 
 A, B, C, D = 0, 1, 2, 3
 PARAMS = replace(Params(), fee_min=0, job_fee_bps=400, worker_stake_min=UNITS_PER_FTNS,
-                 job_assign_timeout_ms=20_000, challenge_window_ms=6_000)
+                 job_assign_timeout_ms=20_000, challenge_window_ms=20_000)
 """Free transactions so balance deltas are exactly the job's split; a 4 % job fee splits
-evenly over the four validators; timers short enough for a test, long enough for a job."""
+evenly over the four validators; timers short enough for a test, long enough for a job
+(and for a dispute to be committed inside the window on two loaded cores)."""
 PRICE_FTNS, ROYALTY_BPS = 10, 1_000
 JOB_DEADLINE_S = 120.0
 """Generous: two loaded cores run four nodes and a torch worker process."""
@@ -166,8 +167,13 @@ def test_distill_job_publishes_a_student_with_its_lineage(
         "model": market.mlp, "kind": "distill", "input": str(dataset), "params": params,
         "deadline_s": JOB_DEADLINE_S * 2})
     job_id = submitted["job_id"]
-    settled = wait_status(market, B, job_id, {"accepted", "failed", "refunded"}, 300)
-    assert settled["status"] == "accepted", settled
+    done = wait_status(market, B, job_id, {"completed", "accepted", "failed", "refunded"}, 300)
+    assert done["status"] in {"completed", "accepted"}, done
+    if done["status"] == "completed":  # settle now rather than at the window's end
+        accepted = run_cli("job", "accept", job_id, "--data-dir",
+                           str(devnet.nodes[B].data_dir), "--json", timeout_s=180)
+        assert accepted.returncode == 0 or "job_state" in accepted.stderr, accepted.stderr
+    settled = wait_status(market, B, job_id, {"accepted"}, 60)
     student_cid = settled["output"]
 
     record = wait_for(lambda: _registered(devnet, student_cid), 60, "the student's record")
@@ -311,10 +317,11 @@ def test_job_nobody_computes_is_refunded_at_its_deadline(
     devnet, (_, lonely) = market.devnet, liar
     input_path = market.directory / "lonely-input.safetensors"
     input_path.write_bytes(to_safetensors({"input": torch.zeros(2, 16)}))
-    before = balance_units(market, A, B)
+    before = balance_units(market, B, B)
     job_id = devnet.call(B, "job_submit", {"model": lonely, "kind": "inference",
                                            "input": str(input_path), "deadline_s": 4.0})["job_id"]
-    assert balance_units(market, A, B) < before  # the price is in escrow
+    # the price is in escrow (read from B, which committed the job; A may be a block behind)
+    assert balance_units(market, B, B) < before
     ended = wait_status(market, B, job_id, {"refunded", "failed", "accepted"}, 60)
     assert (ended["status"], ended["outcome"]) == ("refunded", "deadline_passed")
     assert wait_for(lambda: balance_units(market, A, B) == before, 30, "B's refund")
