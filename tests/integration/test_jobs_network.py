@@ -319,7 +319,7 @@ def test_job_nobody_computes_is_refunded_at_its_deadline(
     input_path.write_bytes(to_safetensors({"input": torch.zeros(2, 16)}))
     before = balance_units(market, B, B)
     job_id = devnet.call(B, "job_submit", {"model": lonely, "kind": "inference",
-                                           "input": str(input_path), "deadline_s": 4.0})["job_id"]
+                                           "input": str(input_path), "deadline_s": 10.0})["job_id"]
     # the price is in escrow (read from B, which committed the job; A may be a block behind)
     assert balance_units(market, B, B) < before
     ended = wait_status(market, B, job_id, {"refunded", "failed", "accepted"}, 60)
