@@ -24,6 +24,15 @@ keeps the fixes honest):
 7. The heartbeat defaults to 120 s; it comes from the config here (about 1 s).
 8. A subscription channel holds 32 messages and drops the rest with a warning. Acceptance
    happens in the validator (it runs before that channel), and the channel is drained.
+9. `Pubsub.__init__` registers the /meshsub stream handler at once, but the handler needs
+   the service's manager, which exists only once the service runs: a peer that opens its
+   pubsub stream in between raises AttributeError in the swarm, and the host stops. The
+   handler here waits until the service runs.
+10. Pubsub registers a peer once, when the connection opens; if opening its stream fails
+   with anything but SwarmException/StreamClosed (a negotiation timeout on a connection
+   that a simultaneous dial is closing, say: seen hundreds of times with 30 nodes on 2
+   cores), it gives up and the peer is never meshed while that connection lives. A task
+   here re-registers every connected peer pubsub lacks, each upkeep interval.
 
 Signing: pubsub-level strict signing stays on (every pubsub message is signed by its
 origin's host key and checked). Message ids are (origin, seqno) and the library caches a
@@ -73,6 +82,12 @@ SCORE_PARAMS = ScoreParams(
 score decays back (at 10% per heartbeat a steady rate r settles at -10 r)."""
 
 
+UPKEEP_INTERVAL_S_MIN = 1.0
+REGISTRATIONS_CONCURRENT_MAX = 8
+REGISTRATION_TIMEOUT_S = 10.0
+RETRY_DELAY_S_MAX = 30.0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GossipSettings:
     heartbeat_interval_s: float
@@ -90,7 +105,15 @@ def _from_ed25519_peer(msg: Any) -> bool:
 
 
 class _GossipSub(GossipSub):
-    """GossipSub with rules 4 and 6 fixed."""
+    """GossipSub with rules 4 and 6 fixed, counting its heartbeats."""
+
+    heartbeats = 0
+
+    def fanout_heartbeat(self) -> None:
+        """Called once per heartbeat, after the mesh upkeep and before the message cache
+        shifts (which forgets what is older than `gossip_history` heartbeats)."""
+        self.heartbeats += 1
+        super().fanout_heartbeat()
 
     def _check_spam_protection(self, peer_id: ID, msg: Any) -> bool:
         if self.pubsub is not None and peer_id == self.pubsub.my_id:
@@ -123,9 +146,16 @@ class _Pubsub(Pubsub):
         super().__init__(*args, **kwargs)
         self._on_fault = on_fault
         self._is_banned = is_banned
+        self._running = trio.Event()
         self.dropped_from_banned = 0
 
+    async def run(self) -> None:
+        self._running.set()
+        await super().run()
+
     async def stream_handler(self, stream: Any) -> None:
+        # Rule 9: the handler is registered when Pubsub is built, before its service runs.
+        await self._running.wait()
         peer = stream.muxed_conn.peer_id
         try:
             await super().stream_handler(stream)
@@ -185,8 +215,13 @@ class Gossip:
             on_fault=self._fault,
             is_banned=lambda peer: scores.is_banned(peer.to_base58()),
         )
+        self._host = host
+        self._upkeep_interval_s = max(UPKEEP_INTERVAL_S_MIN, 2 * settings.heartbeat_interval_s)
+        self._registering: set[ID] = set()
+        self._retry_at: dict[ID, tuple[float, float]] = {}  # peer -> (when, last delay)
         self.delivered: Counter[str] = Counter()
         self.faults = 0
+        self.reregistered = 0
 
     def set_validator(self, topic: str, validator: Validator) -> None:
         assert topic in self._topics
@@ -207,7 +242,44 @@ class Gossip:
                 for topic in self._topics:
                     subscription = await self.pubsub.subscribe(topic)
                     nursery.start_soon(self._drain, topic, subscription)
+                nursery.start_soon(self._keep_peers_registered, nursery)
                 task_status.started()
+
+    async def _keep_peers_registered(self, nursery: trio.Nursery) -> None:
+        """Rule 10: register with pubsub every connected peer it lost or never got; a peer
+        that keeps failing is retried with a doubling delay (at most RETRY_DELAY_S_MAX)."""
+        while True:
+            await trio.sleep(self._upkeep_interval_s)
+            connected = self._host.get_network().get_connections_map()
+            for peer in [peer for peer in self._retry_at if peer not in connected]:
+                del self._retry_at[peer]  # bounded by the connected peers
+            now = trio.current_time()
+            for peer in connected:
+                if len(self._registering) >= REGISTRATIONS_CONCURRENT_MAX:
+                    break
+                if peer in self.pubsub.peers or peer in self._registering:
+                    continue
+                if self._retry_at.get(peer, (0.0, 0.0))[0] > now:
+                    continue
+                if self._scores.is_banned(peer.to_base58()):
+                    continue
+                self._registering.add(peer)
+                nursery.start_soon(self._register, peer)
+
+    async def _register(self, peer: ID) -> None:
+        try:
+            registered = await self.pubsub.ensure_peer_stream(peer, REGISTRATION_TIMEOUT_S)
+        except Exception as error:  # libp2p raises many unrelated types for a failed open
+            log.debug("gossip.register_failed", peer=peer.to_base58(), error=repr(error))
+            registered = False
+        finally:
+            self._registering.discard(peer)
+        if registered:
+            self.reregistered += 1
+            self._retry_at.pop(peer, None)
+            return
+        delay = min(RETRY_DELAY_S_MAX, 2 * self._retry_at.get(peer, (0.0, 1.0))[1])
+        self._retry_at[peer] = (trio.current_time() + delay, delay)
 
     async def _drain(self, topic: str, subscription: Any) -> None:
         """Rule 8: accepted messages were handled by the validator; count and drop."""
@@ -220,8 +292,10 @@ class Gossip:
     def statistics(self) -> dict[str, Any]:
         return {
             "peers": len(self.pubsub.peers),
+            "heartbeats": self.router.heartbeats,
             "mesh": {topic: len(self.router.mesh.get(topic, ())) for topic in self._topics},
             "delivered": dict(self.delivered),
             "faults": self.faults,
             "dropped_from_banned": self.pubsub.dropped_from_banned,
+            "reregistered": self.reregistered,
         }
