@@ -18,6 +18,7 @@ import typer
 
 from prsm_node import __version__
 from prsm_node.cli_ledger import ledger_app, tx_app, wallet_app
+from prsm_node.cli_registry import models_app, nodes, offers
 from prsm_node.cli_store import store_app
 from prsm_node.errors import UserError
 
@@ -36,6 +37,9 @@ app.add_typer(store_app, name="store")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(tx_app, name="tx")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(models_app, name="models")
+app.command("nodes")(nodes)
+app.command("offers")(offers)
 
 DataDirOption = Annotated[
     Path | None,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from prsm_node.config import NetworkConfig
-from prsm_node.devnet import Devnet, devnet_init
+from prsm_node.config import NetworkConfig, RegistrySection
+from prsm_node.devnet import DEVNET_REGISTRY, Devnet, devnet_init
 
 pytestmark = pytest.mark.multiprocess
 
@@ -35,9 +35,12 @@ def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
         network: NetworkConfig = TEST_NETWORK,
         start: bool = True,
         validators: int | None = None,
+        registry: RegistrySection = DEVNET_REGISTRY,
     ) -> Devnet:
         directory = short_dir / f"net{len(started)}"
-        devnet = Devnet(devnet_init(directory, nodes, network, validators=validators))
+        devnet = Devnet(
+            devnet_init(directory, nodes, network, validators=validators, registry=registry)
+        )
         started.append(devnet)
         if start:
             devnet.start_all()
