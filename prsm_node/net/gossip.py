@@ -61,7 +61,7 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.score import ScoreParams, TopicScoreParams
+from libp2p.pubsub.score import PeerScorer, ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
 from prsm_node.net.scores import PeerScores
@@ -98,6 +98,24 @@ class GossipSettings:
     eclipse_protection: bool
     eclipse_distinct_ips_min: int
     rpc_size_max: int
+
+
+class _Scorer(PeerScorer):
+    """The library's scorer, blind to our own peer id: a publish of ours that our validator
+    refuses (a stale or over-cap entry) would otherwise count as an invalid message from
+    us, and past `publish_threshold` the library would drop every later publish of ours
+    before it is even validated."""
+
+    def __init__(self, params: ScoreParams, own: ID) -> None:
+        super().__init__(params)
+        self._own = own
+
+    def on_invalid_message(self, peer: ID, topic: str) -> None:
+        if peer != self._own:
+            super().on_invalid_message(peer, topic)
+
+    def allow_publish(self, peer: ID, topics: list[str]) -> bool:
+        return peer == self._own or super().allow_publish(peer, topics)
 
 
 def _from_ed25519_peer(msg: Any) -> bool:
@@ -204,6 +222,7 @@ class Gossip:
             eclipse_protection_enabled=settings.eclipse_protection,
             min_mesh_diversity_ips=settings.eclipse_distinct_ips_min,
         )
+        self.router.scorer = _Scorer(SCORE_PARAMS, host.get_id())
         # Built before the host accepts connections: Pubsub learns of peers from a network
         # notifee, and a connection made before it is registered would never be meshed.
         self.pubsub = _Pubsub(

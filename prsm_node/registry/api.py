@@ -16,7 +16,11 @@ from prsm_node.control import Dispatcher, ErrorCode, Param, RpcError
 from prsm_node.dht_service import unix_ms
 from prsm_node.ledger_api import format_ftns, parse_ftns
 from prsm_node.registry.messages import Entry, Kind, is_cid
-from prsm_node.registry.service import RegistryInputError, RegistryService
+from prsm_node.registry.service import (
+    RegistryInputError,
+    RegistryPublishError,
+    RegistryService,
+)
 
 LIMIT_MAX = 10_000
 
@@ -33,13 +37,7 @@ def _strings(values: list[Any], name: str) -> list[str]:
     return list(values)
 
 
-def _published(entry: Entry, accepted: bool) -> dict[str, Any]:
-    if not accepted:
-        raise RpcError(
-            ErrorCode.NODE_ERROR,
-            "this node's view did not take the message (a newer version of the same entry "
-            "was published at the same time); publish again",
-        )
+def _published(entry: Entry) -> dict[str, Any]:
     body = entry.body
     return {
         "kind": entry.kind.value,
@@ -120,7 +118,11 @@ class RegistryMethods:
             entry = registry.build(kind, fields, key=key, expires_at_ms=expires)
         except RegistryInputError as error:
             raise RpcError(ErrorCode.INVALID_PARAMS, f"not a valid {kind.value}: {error}") from None
-        return _published(entry, await registry.publish(entry))
+        try:
+            await registry.publish(entry)
+        except RegistryPublishError as error:
+            raise RpcError(ErrorCode.NODE_ERROR, f"not published: {error}") from None
+        return _published(entry)
 
     async def registry_announce_model(
         self,

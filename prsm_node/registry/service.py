@@ -51,7 +51,7 @@ from prsm_node.registry.messages import (
     sign_entry,
 )
 from prsm_node.registry.store import FILE_NAME, Received, RegistryStore
-from prsm_node.registry.view import View
+from prsm_node.registry.view import Verdict, View
 
 log = structlog.get_logger(__name__)
 
@@ -60,10 +60,31 @@ SYNC_ON_CONNECT_MAX = 3
 """Peers synced with as they connect after start: the first may itself be new and empty."""
 SYNC_QUEUE_MAX = 16
 EXPIRY_INTERVAL_S_MAX = 5.0
+ANNOUNCE_COALESCE_S = 2.0
+LOCAL_VERDICTS_MAX = 64
 
 
 class RegistryInputError(Exception):
     """What the control API asked to publish does not fit the schema; the message says why."""
+
+
+class RegistryPublishError(Exception):
+    """Our own view refused what we published (a cap, or a newer version held)."""
+
+    def __init__(self, verdict: Verdict | None) -> None:
+        self.verdict = verdict
+        super().__init__(PUBLISH_REFUSALS.get(verdict, PUBLISH_REFUSALS[None]))
+
+
+PUBLISH_REFUSALS: dict[Verdict | None, str] = {
+    Verdict.SIGNER_FULL: "this node already holds registry.entries_per_signer_max entries "
+    "of its own; let some expire or raise the limit",
+    Verdict.VIEW_FULL: "the registry view is full (registry.entries_max)",
+    Verdict.STALE: "a newer version of the same entry was published meanwhile; publish again",
+    Verdict.CONFLICT: "a different version with the same sequence number exists; publish again",
+    Verdict.DUPLICATE: "the same version is already held",
+    None: "the pubsub layer did not hand the message to our validator; see the node log",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +150,7 @@ class RegistryService:
         self._store: RegistryStore | None = None
         self._store_lock = trio.Lock()
         self._announce_now = trio.Event()
+        self._local_verdicts: dict[bytes, Verdict] = {}
         self._last_seq = 0
         self.hardware = caps.unprobed_hardware()
         self.counters: Counter[str] = Counter()
@@ -201,6 +223,10 @@ class RegistryService:
             return None
         verdict = self.view.admit(entry, now)
         self.counters[f"{source}_{verdict.value}"] += 1
+        if source == "local":  # publish() reads it back at once; bounded all the same
+            self._local_verdicts[entry.fingerprint] = verdict
+            while len(self._local_verdicts) > LOCAL_VERDICTS_MAX:
+                self._local_verdicts.pop(next(iter(self._local_verdicts)))
         if not verdict.accepted:
             return None
         return Received(entry=entry, received_at_ms=now, source=source)
@@ -254,14 +280,13 @@ class RegistryService:
             )
         return entry
 
-    async def publish(self, entry: Entry) -> bool:
-        """Gossip one of our entries; True when our own view took it (a newer version of
-        the same entry, published meanwhile, makes it stale)."""
+    async def publish(self, entry: Entry) -> None:
+        """Gossip one of our entries; RegistryPublishError when our own view refused it
+        (our validator judges our messages like anyone's)."""
         await self.gossip.publish(entry.kind.topic, entry.wire)
-        if entry.kind is Kind.MODEL:
-            self._announce_now.set()  # our capabilities list the models we hold
-        held = self.view.version(entry.id)
-        return held is not None and held.fingerprint == entry.fingerprint
+        verdict = self._local_verdicts.pop(entry.fingerprint, None)
+        if verdict is None or not verdict.accepted:
+            raise RegistryPublishError(verdict)
 
     async def _announce_loop(self) -> None:
         while True:
@@ -269,6 +294,9 @@ class RegistryService:
             await self._renew_models()
             with trio.move_on_after(self.config.announce_interval_ms / 1000):
                 await self._announce_now.wait()
+                # Woken early (the GPU probe done): gather what else comes soon into the
+                # same announcement.
+                await trio.sleep(ANNOUNCE_COALESCE_S)
             self._announce_now = trio.Event()
 
     async def _announce_capabilities(self) -> None:
@@ -295,15 +323,23 @@ class RegistryService:
             key=CAPABILITY_KEY,
             expires_at_ms=unix_ms() + config.capability_ttl_ms,
         )
-        await self.publish(entry)
-        self.counters["capabilities_announced"] += 1
+        await self._publish_own(entry, "capabilities_announced")
+
+    async def _publish_own(self, entry: Entry, counter: str) -> None:
+        """Publish an entry the node makes by itself; a refusal is logged, not raised."""
+        try:
+            await self.publish(entry)
+        except RegistryPublishError as error:
+            self.counters[f"{counter}_refused"] += 1
+            log.warning("registry.own_entry_refused", kind=entry.kind.value, reason=str(error))
+            return
+        self.counters[counter] += 1
 
     def _models_held(self, pinned_roots: tuple[str, ...]) -> list[str]:
-        """Models we hold: our own announced ones, and known models whose manifest root we
-        have pinned (sync; store thread)."""
-        now = unix_ms()
-        own = self.store.own_bodies(self.signer.public_key, Kind.MODEL, now)
-        return [body["key"] for body in own] + self.store.known_models(list(pinned_roots), now)
+        """Models we hold: known models (anyone's announcement) whose manifest root we have
+        pinned (sync; store thread). A model we announce names us as holder by itself, so
+        announcing one does not re-announce our capabilities."""
+        return self.store.known_models(list(pinned_roots), unix_ms())
 
     async def _renew_models(self) -> None:
         """Re-sign our model announcements past half their lifetime, so they never lapse
@@ -319,8 +355,7 @@ class RegistryService:
             entry = self.build(
                 Kind.MODEL, fields, key=body["key"], expires_at_ms=now + lifetime
             )
-            await self.publish(entry)
-            self.counters["models_renewed"] += 1
+            await self._publish_own(entry, "models_renewed")
 
     async def _probe_hardware(self) -> None:
         self.hardware = await caps.probe_hardware()

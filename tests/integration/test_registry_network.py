@@ -5,6 +5,8 @@ a late joiner and a restarted node catch up through /prsm/registry-sync/1.0.0.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from prsm_node.devnet import DEVNET_REGISTRY, Devnet, wait_for
+from prsm_node.registry.capabilities import PROBE_SCRIPT
 
 from .conftest import run_cli
 
@@ -117,7 +120,14 @@ def test_announcements_and_offers_reach_every_node_and_the_cli_shows_them(
 def test_bad_publish_params_are_refused_with_the_reason(
     make_devnet: Callable[..., Devnet],
 ) -> None:
-    devnet = make_devnet(1, validators=1)
+    devnet = make_devnet(1, validators=1, registry=replace(DEVNET_REGISTRY,
+                                                           entries_per_signer_max=3))
+    for cid in (CID_A, CID_B):  # with our capability entry, the node holds 3 of its own
+        devnet.call(0, "registry_announce_model",
+                    {"name": "m", "architecture": "x", "manifest_cid": cid})
+    third = "bafkreiaaxcehkvezcjvxhnpwwocx5jmwnsbmukrdxxbgodbtxrttmx7wbq"
+    over = run_cli("models", "announce", "m", third, "--data-dir", str(devnet.nodes[0].data_dir))
+    assert over.returncode == 1 and "entries_per_signer_max" in over.stderr, over.stderr
     bad = run_cli("models", "announce", "x", "QmNotACid", "--data-dir",
                   str(devnet.nodes[0].data_dir))
     assert bad.returncode == 1 and "manifest_cid" in bad.stderr
@@ -169,3 +179,22 @@ def test_a_late_joiner_and_a_restarted_node_catch_up_through_sync(
     assert restarted["loaded_at_start"] >= 5, restarted  # its own view survived the restart
     assert restarted["counters"].get("sync_new", 0) >= 2, restarted
     assert model_names(devnet, 2) == {"early", "while-away"}
+
+
+def test_a_node_announces_the_gpus_torch_sees(make_devnet: Callable[..., Devnet]) -> None:
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE_SCRIPT], capture_output=True, check=True, timeout=120
+    )
+    expected = json.loads(probe.stdout)
+    devnet = make_devnet(1, validators=1, registry=replace(FAST, gpu_probe=True))
+    wait_for(lambda: stats(devnet, 0)["hardware"]["probed"], DEADLINE_S, "the GPU probe")
+
+    def announced() -> dict[str, Any] | None:
+        nodes = devnet.call(0, "registry_nodes")["nodes"]
+        fresh = [node for node in nodes if node["gpus"] == expected["gpus"]]
+        return fresh[0] if fresh else None
+
+    node = wait_for(announced, DEADLINE_S, "a capability announcement with the probed GPUs")
+    assert node["job_kinds"] == (["inference", "distillation"] if expected["torch"] else [])
+    gpu_nodes = devnet.call(0, "registry_nodes", {"gpu": True})["nodes"]
+    assert len(gpu_nodes) == (1 if expected["gpus"] else 0)

@@ -127,3 +127,22 @@ async def test_the_heartbeat_is_not_adapted_away() -> None:
     async with nodes(1) as (node,):
         assert node.gossip.router.adaptive_gossip_enabled is False
         assert node.gossip.router.heartbeat_interval == SETTINGS.heartbeat_interval_s
+
+
+async def test_our_refused_publishes_do_not_gate_our_later_ones() -> None:
+    async with nodes(2) as (publisher, receiver):
+        refused = [0]
+
+        def refuse_first(peer: str, data: bytes) -> bool:
+            if data.startswith(b"refused") and refused[0] < 150:
+                refused[0] += 1
+                return False
+            publisher.seen.append(data)
+            return True
+
+        publisher.gossip.set_validator(TOPIC, refuse_first)
+        for index in range(150):  # more than the publish threshold's worth of refusals
+            await publisher.gossip.publish(TOPIC, b"refused %d" % index)
+        await publisher.gossip.publish(TOPIC, b"accepted")
+        await wait_until(lambda: b"accepted" in receiver.seen)
+        assert b"accepted" in publisher.seen
