@@ -33,6 +33,10 @@ keeps the fixes honest):
    that a simultaneous dial is closing, say: seen hundreds of times with 30 nodes on 2
    cores), it gives up and the peer is never meshed while that connection lives. A task
    here re-registers every connected peer pubsub lacks, each upkeep interval.
+11. Each peer's outbound RPC queue holds 32 RPCs (go-libp2p-pubsub's size) and drops the
+   rest silently (a debug log line): 300 messages published in a loop reached a peer as
+   32. `publish` here waits while any queue is half full. A relay forwarding faster than
+   a peer drains still drops, as go-libp2p does; the registry's sync repairs that.
 
 Signing: pubsub-level strict signing stays on (every pubsub message is signed by its
 origin's host key and checked). Message ids are (origin, seqno) and the library caches a
@@ -61,6 +65,7 @@ from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import OutBoundQueueSize
 from libp2p.pubsub.score import PeerScorer, ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
 
@@ -86,6 +91,9 @@ UPKEEP_INTERVAL_S_MIN = 1.0
 REGISTRATIONS_CONCURRENT_MAX = 8
 REGISTRATION_TIMEOUT_S = 10.0
 RETRY_DELAY_S_MAX = 30.0
+QUEUE_HIGH = OutBoundQueueSize // 2
+BACKPRESSURE_S = 1.0
+BACKPRESSURE_POLL_S = 0.005
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,7 +314,12 @@ class Gossip:
             self.delivered[topic] += 1
 
     async def publish(self, topic: str, data: bytes) -> None:
+        """Publish, then wait (at most BACKPRESSURE_S) while a peer's outbound queue is half
+        full (rule 11): a burst of our own messages must not overflow it."""
         await self.pubsub.publish(topic, data)
+        with trio.move_on_after(BACKPRESSURE_S):
+            while any(len(queue) >= QUEUE_HIGH for queue in self.pubsub.peer_queues.values()):
+                await trio.sleep(BACKPRESSURE_POLL_S)
 
     def statistics(self) -> dict[str, Any]:
         return {

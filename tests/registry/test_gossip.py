@@ -107,9 +107,9 @@ async def test_a_message_with_a_garbage_key_is_scored_not_fatal() -> None:
         await wait_until(lambda: b"honest" in target.seen)
 
 
-async def test_our_own_burst_is_all_forwarded_past_the_relay_rate_limit() -> None:
+async def test_our_own_burst_is_all_forwarded_past_rate_limit_and_queue_size() -> None:
     async with nodes(2) as (publisher, receiver):
-        burst = [b"message %d" % index for index in range(3 * SETTINGS.rate_limit_per_s)]
+        burst = [b"message %d" % index for index in range(100)]  # > 10/s, > 32 queued
         for data in burst:
             await publisher.gossip.publish(TOPIC, data)
         await wait_until(lambda: set(burst) <= set(receiver.seen))
@@ -146,3 +146,21 @@ async def test_our_refused_publishes_do_not_gate_our_later_ones() -> None:
         await publisher.gossip.publish(TOPIC, b"accepted")
         await wait_until(lambda: b"accepted" in receiver.seen)
         assert b"accepted" in publisher.seen
+
+
+async def test_a_peer_relaying_many_refused_messages_is_ignored_before_validation() -> None:
+    async with nodes(2) as (flooder, receiver):  # the first one waited for its mesh
+        judged = [0]
+
+        def refuse_stale(peer: str, data: bytes) -> bool:
+            judged[0] += 1
+            return not data.startswith(b"stale")
+
+        receiver.gossip.set_validator(TOPIC, refuse_stale)
+        for index in range(300):  # stale, not forged: no PeerScores penalty, only P4
+            await flooder.gossip.publish(TOPIC, b"stale %d" % index)
+        await wait_until(lambda: judged[0] >= 100)
+        with trio.move_on_after(2):
+            await wait_until(lambda: judged[0] >= 300)
+        assert judged[0] < 300  # past the publish threshold the rest were dropped unjudged
+        assert receiver.scores.statistics().rejected_total == 0
