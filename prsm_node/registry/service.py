@@ -157,6 +157,7 @@ class RegistryService:
         self.last_sync: SyncReport | None = None
         self.loaded_at_start = 0
         self._host = host
+        self._rng = random.Random()  # picks the anti-entropy peer; no replay needed here
         peers.connection_listeners.append(self._peer_connected)
 
     # -- start-up ------------------------------------------------------------------------
@@ -383,7 +384,7 @@ class RegistryService:
                 connected = [info.peer_id for info in self.peers.peers()]
                 if not connected:
                     continue
-                peer = random.choice(connected)
+                peer = self._rng.choice(connected)
             await self.sync_with(peer)
 
     async def sync_with(self, peer: str) -> SyncReport | None:
