@@ -19,6 +19,7 @@ import typer
 from prsm_node import __version__
 from prsm_node.cli_jobs import job_app, model_app, worker_app
 from prsm_node.cli_ledger import ledger_app, tx_app, wallet_app
+from prsm_node.cli_registry import models_app, nodes, offers
 from prsm_node.cli_store import store_app
 from prsm_node.errors import UserError
 
@@ -40,6 +41,9 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(model_app, name="model")
 app.add_typer(worker_app, name="worker")
 app.add_typer(job_app, name="job")
+app.add_typer(models_app, name="models")
+app.command("nodes")(nodes)
+app.command("offers")(offers)
 
 DataDirOption = Annotated[
     Path | None,

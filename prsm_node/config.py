@@ -332,6 +332,24 @@ def _kinds(values: tuple[str, ...]) -> str | None:
     return None
 
 
+def _price_hints(values: tuple[str, ...]) -> str | None:
+    if len(values) > 16:
+        return "at most 16 entries"
+    for index, text in enumerate(values):
+        kind, _, units = str(text).partition("=")
+        if not kind or len(kind) > 64 or not units.isdigit() or len(units) > 40:
+            return f"[{index}]: expected 'JOB_KIND=BASE_UNITS', e.g. 'inference=1000000000000000'"
+    return None
+
+
+def _job_kinds(values: tuple[str, ...]) -> str | None:
+    if len(values) > 16:
+        return "at most 16 entries"
+    if any(not isinstance(kind, str) or not 0 < len(kind) <= 64 for kind in values):
+        return "each job kind is a string of 1 to 64 characters"
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobsSection:
     max_concurrent: int = _key(
@@ -365,6 +383,100 @@ class JobsSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrySection:
+    announce_interval_ms: int = _key(
+        "capabilities are announced this often (and our model announcements renewed)",
+        30_000,
+        _between(100, 86_400_000),
+    )
+    capability_ttl_ms: int = _key(
+        "a capability announcement expires after this: a node that stops announcing "
+        "leaves the view",
+        90_000,
+        _between(1000, 86_400_000),
+    )
+    model_ttl_ms: int = _key(
+        "lifetime of our model announcements; renewed at half of it while we run",
+        24 * 3600 * 1000,
+        _between(1000, 7 * 86_400_000),
+    )
+    offer_ttl_ms: int = _key(
+        "lifetime of a job offer published without a deadline", 3600 * 1000, _positive
+    )
+    ttl_max_ms: int = _key(
+        "longest lifetime accepted from others (an expiry further ahead is refused)",
+        48 * 3600 * 1000,
+        _between(1000, 30 * 86_400_000),
+    )
+    clock_skew_max_ms: int = _key(
+        "a message may be issued this far ahead of our clock", 30_000, _between(0, 3_600_000)
+    )
+    message_size_max: int = _key(
+        "largest registry message (bytes) accepted, checked before decoding",
+        16 * 1024,
+        _between(1024, 1024 * 1024),
+    )
+    entries_max: int = _key(
+        "entries kept in the view; new ones are refused past it", 100_000, _between(16, 10**7)
+    )
+    entries_per_signer_max: int = _key(
+        "entries kept per signing key (flood cap)", 256, _between(2, 65_536)
+    )
+    ingest_queue_max: int = _key(
+        "accepted entries waiting for the SQLite writer; more are refused until it catches up",
+        4096,
+        _between(16, 1_000_000),
+    )
+    heartbeat_interval_ms: int = _key(
+        "GossipSub heartbeat (mesh upkeep, IHAVE gossip); py-libp2p's own default is 120 s",
+        1000,
+        _between(100, 60_000),
+    )
+    mesh_degree: int = _key("GossipSub D: mesh peers per topic (spec: 6)", 6, _between(1, 64))
+    mesh_degree_low: int = _key("GossipSub D_low: graft below it (spec: 4)", 4, _between(1, 64))
+    mesh_degree_high: int = _key(
+        "GossipSub D_high: prune above it (spec: 12)", 12, _between(1, 128)
+    )
+    rate_limit_per_s: int = _key(
+        "messages per second per topic accepted for relay from one peer (GossipSub spam "
+        "protection; 0: off); it bounds the whole network's rate seen through one peer",
+        100,
+        _between(0, 1_000_000),
+    )
+    eclipse_protection: bool = _key(
+        "keep peers from several IP addresses in each mesh (off on a loopback devnet)", True
+    )
+    eclipse_distinct_ips_min: int = _key(
+        "distinct IP addresses eclipse protection wants in a mesh", 3, _between(1, 64)
+    )
+    rpc_size_max: int = _key(
+        "largest pubsub RPC frame (bytes) read from a peer", 1024 * 1024, _between(4096, 2**26)
+    )
+    sync_interval_ms: int = _key(
+        "anti-entropy: pull what we miss from one random peer this often", 60_000, _positive
+    )
+    sync_page_signers_max: int = _key(
+        "signers per page of a /prsm/registry-sync/1.0.0 summary", 512, _between(1, 4096)
+    )
+    sync_page_bytes_max: int = _key(
+        "bytes of entries per sync answer (below network.frame_size_max)",
+        512 * 1024,
+        _between(16 * 1024, 32 * 1024 * 1024),
+    )
+    gpu_probe: bool = _key(
+        "probe GPUs once at start in a subprocess that imports torch (about 1 s of CPU)", True
+    )
+    job_kinds: tuple[str, ...] = _key(
+        "job kinds announced when torch is installed (none without torch)",
+        JOB_KINDS,
+        _job_kinds,
+    )
+    price_hints: tuple[str, ...] = _key(
+        "price hints announced, 'JOB_KIND=BASE_UNITS' (1 FTNS = 10^18 units)", (), _price_hints
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
@@ -373,6 +485,7 @@ class NodeConfig:
     pbft: PbftSection = field(default_factory=PbftSection)
     storage: StorageSection = field(default_factory=StorageSection)
     jobs: JobsSection = field(default_factory=JobsSection)
+    registry: RegistrySection = field(default_factory=RegistrySection)
 
 
 SECTION_DOCS = {
@@ -383,6 +496,7 @@ SECTION_DOCS = {
     "pbft": "PBFT replica of the FTNS ledger /prsm/pbft/1.0.0 (chain rules: genesis.json)",
     "storage": "content-addressed block store and /prsm/blocks/1.0.0 (times in ms, sizes in bytes)",
     "jobs": "inference and distillation jobs in sandboxed torch worker processes",
+    "registry": "gossiped registry: GossipSub topics and /prsm/registry-sync/1.0.0 (ms, bytes)",
 }
 
 
@@ -432,11 +546,45 @@ def _check_relations(config: NodeConfig, file: Path | str) -> None:
             "network.frame_size_max",
             f"must be at least {STORAGE_FRAME_SIZE_MIN} to carry one 1 MiB block",
         )
+    _check_registry(config, file)
     for name in ("dht", "pbft"):
         try:
             getattr(config, name).core_config()
         except ValueError as error:
             raise ConfigError(file, name, str(error).removeprefix(f"{name} config: ")) from None
+
+
+def _check_registry(config: NodeConfig, file: Path | str) -> None:
+    registry = config.registry
+    if not registry.mesh_degree_low <= registry.mesh_degree <= registry.mesh_degree_high:
+        raise ConfigError(
+            file,
+            "registry.mesh_degree",
+            "must satisfy mesh_degree_low <= mesh_degree <= mesh_degree_high",
+        )
+    if registry.sync_page_bytes_max + 64 * 1024 > config.network.frame_size_max:
+        raise ConfigError(
+            file,
+            "registry.sync_page_bytes_max",
+            "must be at least 64 KiB below network.frame_size_max (one answer is one frame)",
+        )
+    if registry.message_size_max > registry.sync_page_bytes_max:
+        raise ConfigError(
+            file, "registry.message_size_max", "must not exceed registry.sync_page_bytes_max"
+        )
+    if registry.message_size_max + 1024 > registry.rpc_size_max:
+        raise ConfigError(
+            file, "registry.message_size_max", "must fit in registry.rpc_size_max with 1 KiB spare"
+        )
+    if registry.capability_ttl_ms <= registry.announce_interval_ms:
+        raise ConfigError(
+            file,
+            "registry.capability_ttl_ms",
+            "must exceed registry.announce_interval_ms, or live nodes expire between announcements",
+        )
+    for name in ("capability_ttl_ms", "model_ttl_ms"):
+        if getattr(registry, name) > registry.ttl_max_ms:
+            raise ConfigError(file, f"registry.{name}", "must not exceed registry.ttl_max_ms")
 
 
 def config_from_mapping(raw: Mapping[str, Any], file: Path | str) -> NodeConfig:

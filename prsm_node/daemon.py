@@ -41,6 +41,8 @@ from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
 from prsm_node.node_api import register_node_methods
+from prsm_node.registry.api import RegistryMethods
+from prsm_node.registry.service import RegistryService
 from prsm_node.storage_api import register_storage_methods
 from prsm_node.storage_replication import Replicator
 from prsm_node.storage_service import StorageService
@@ -66,6 +68,7 @@ class NodeContext:
     replicator: Replicator
     ledger: LedgerService
     jobs: JobsService
+    registry: RegistryService
     started_monotonic: float
     shutdown_requested: trio.Event
 
@@ -176,6 +179,17 @@ def _build_services(
     return NodeContext(
         ledger=ledger,
         jobs=JobsService(ledger=ledger, storage=storage, runner=runner),
+        registry=RegistryService(
+            config=config.registry,
+            seed=seed,
+            host=host,
+            wire=wire,
+            peers=peers,
+            scores=scores,
+            storage=storage,
+            data_dir=data_dir.root,
+            version=__version__,
+        ),
         data_dir=data_dir,
         config=config,
         host=host,
@@ -195,15 +209,20 @@ async def _start_services(
     context: NodeContext,
     connection_events: trio.MemoryReceiveChannel[ConnectionEvent],
 ) -> None:
-    """Start in dependency order: the block store is open before the control socket takes
-    calls, and the node answers on the socket before it dials anyone."""
+    """Start in dependency order: the block store and the registry (whose pubsub must run
+    before connections arrive) are open before the control socket takes calls, and the
+    node answers on the socket before it dials anyone."""
     dispatcher = Dispatcher()
     register_node_methods(dispatcher, context)
     register_dht_methods(dispatcher, context.dht)
     register_storage_methods(dispatcher, context.storage, context.replicator)
     LedgerMethods(context.ledger).register(dispatcher)
-    JobsMethods(context.ledger, context.storage, context.jobs).register(dispatcher)
+    registry_methods = RegistryMethods(context.registry)
+    registry_methods.register(dispatcher)
+    JobsMethods(context.ledger, context.storage, context.jobs,
+                announce=registry_methods.registry_announce_model).register(dispatcher)
     await nursery.start(context.storage.run)
+    await nursery.start(context.registry.run)
     control = context.config.control
     await nursery.start(
         partial(

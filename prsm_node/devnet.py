@@ -26,7 +26,7 @@ from typing import IO, Any
 from nacl.signing import SigningKey
 
 from consensus.genesis import Params
-from prsm_node.config import NetworkConfig, NodeConfig
+from prsm_node.config import NetworkConfig, NodeConfig, RegistrySection
 from prsm_node.control import ControlClient, ControlClientError
 from prsm_node.datadir import DataDir
 from prsm_node.dht_service import unix_ms
@@ -35,6 +35,14 @@ from prsm_node.identity import peer_id_of, read_seed
 from prsm_node.ledger_genesis import GENESIS_FILE_NAME, devnet_genesis, write_genesis
 
 MANIFEST_NAME = "devnet.json"
+DEVNET_REGISTRY = replace(
+    RegistrySection(),
+    eclipse_protection=False,  # every node has the same IP: nothing to diversify
+    rate_limit_per_s=1000,  # one relay carries the whole devnet's traffic
+    gpu_probe=False,  # a probe imports torch: ~1 s of CPU per node started
+)
+"""The [registry] section of devnet nodes: loopback settings (eclipse protection off, a
+rate limit above what one machine can produce, no GPU probe)."""
 NODES_MAX = 256
 POLL_INTERVAL_S = 0.05
 
@@ -70,6 +78,7 @@ def devnet_init(
     network: NetworkConfig | None = None,
     validators: int | None = None,
     params: Params | None = None,
+    registry: RegistrySection = DEVNET_REGISTRY,
 ) -> list[DevnetNode]:
     """Create the data dirs and devnet.json; refuses to overwrite an existing devnet.
     `params` overrides the genesis parameters (tests shorten the job timers)."""
@@ -86,7 +95,8 @@ def devnet_init(
         data_dir = DataDir(directory.resolve() / f"node{index}")
         listen = f"/ip4/127.0.0.1/tcp/{port}"
         bootstrap = (created[0].address,) if created else ()
-        config = NodeConfig(network=replace(base, listen=(listen,), bootstrap=bootstrap))
+        network_config = replace(base, listen=(listen,), bootstrap=bootstrap)
+        config = NodeConfig(network=network_config, registry=registry)
         data_dir.initialise(config)
         data_dir.check_socket_path()
         peer_id = peer_id_of(read_seed(data_dir.key_file))

@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from hashlib import sha256
 from pathlib import Path
 from typing import Any
@@ -97,12 +97,18 @@ async def _fetch_now(storage: StorageService, root: Cid) -> FetchOutcome:
         raise RpcError(ErrorCode.SERVER_BUSY, f"{error}; retry later") from None
 
 
+Announce = Callable[..., Awaitable[dict[str, Any]]]
+
+
 class JobsMethods:
     """The model_*, worker_* and job_* control methods."""
 
-    def __init__(self, ledger: LedgerService, storage: StorageService, jobs: JobsService
-                 ) -> None:
+    def __init__(self, ledger: LedgerService, storage: StorageService, jobs: JobsService,
+                 announce: Announce | None = None) -> None:
         self._ledger, self._storage, self._jobs = ledger, storage, jobs
+        self._announce = announce
+        """The registry's model announcement (`registry_announce_model`): a published model
+        is announced on the gossip registry too, so other nodes find it by name."""
 
     def register(self, dispatcher: Dispatcher) -> None:
         wait = Param("wait_s", float, 30.0)
@@ -141,9 +147,16 @@ class JobsMethods:
         announced = await keep_model(self._storage, published)
         committed = await self._post(lambda h: job_tx.model_register(
             h, model=str(root), royalty_bps=royalty_bps, price=price_units), wait_s)
+        registry = None
+        if self._announce is not None:
+            registry = await self._announce(
+                name=published.manifest.name, architecture=published.manifest.architecture,
+                manifest_cid=str(root), tags=["ledger"],
+                size_bytes=sum(f.size for f in published.manifest.files), description="")
         return {"cid": str(root), "name": published.manifest.name,
                 "architecture": published.manifest.architecture,
-                "config": published.manifest.config, "announced_to": announced} | committed
+                "config": published.manifest.config, "announced_to": announced,
+                "registry": registry} | committed
 
     async def _publish(self, path: str | None, architecture: str | None,
                        config: dict[str, Any] | None, demo: str | None, name: str | None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 REQUEST, RESPONSE, ERROR = 0, 1, 2
 IN_FLIGHT_PER_STREAM_MAX = 64
+ISSUED_REMEMBERED_MAX = 1024
+"""Request ids remembered per stream to tell a late answer (after our timeout) from a bogus
+one; past it, a very late answer counts as bogus."""
 # What a stream can raise when the peer goes away: libp2p's stream errors (StreamEOF,
 # StreamReset, ... are IOExceptions), the muxer's own, and trio's on a dead socket.
 STREAM_FAILURES = (
@@ -71,6 +75,8 @@ class _OutboundStream:
     stream: Any
     pending: dict[int, _Pending] = field(default_factory=dict)
     write_lock: trio.Lock = field(default_factory=trio.Lock)
+    # Ids sent on this stream lately: an answer to one that timed out is late, not forged.
+    issued: deque[int] = field(default_factory=lambda: deque(maxlen=ISSUED_REMEMBERED_MAX))
     slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(IN_FLIGHT_PER_STREAM_MAX))
     closed: bool = False
 
@@ -107,6 +113,7 @@ class Wire:
         self._opening: dict[tuple[str, str], trio.Lock] = {}
         self._ids = itertools.count(1)
         self._streams_opened = 0
+        self.late_answers = 0
         self._nursery: trio.Nursery | None = None
 
     def bind(self, nursery: trio.Nursery) -> None:
@@ -167,6 +174,7 @@ class Wire:
         outbound = await self._outbound_stream(peer, protocol)
         async with outbound.slots:
             request_id = next(self._ids)
+            outbound.issued.append(request_id)
             pending = outbound.pending[request_id] = _Pending()
             try:
                 frame = encode_frame([REQUEST, request_id, payload], self._frame_size_max)
@@ -205,8 +213,11 @@ class Wire:
                 value = await read_frame(outbound.stream, self._frame_size_max)
                 kind, request_id, payload = _parse_envelope(peer, value)
                 pending = outbound.pending.get(request_id)
-                if kind == REQUEST or pending is None:
+                if kind == REQUEST or (pending is None and request_id not in outbound.issued):
                     raise PeerProtocolError(peer, f"unexpected frame for request {request_id}")
+                if pending is None:
+                    self.late_answers += 1  # we gave up waiting; answering late is no fault
+                    continue
                 pending.kind, pending.payload = kind, payload
                 pending.done.set()
         except STREAM_FAILURES:
@@ -236,7 +247,11 @@ class Wire:
                 del self._opening[key]
 
     def statistics(self) -> dict[str, int]:
-        return {"outbound_streams": len(self._outbound), "streams_opened": self._streams_opened}
+        return {
+            "outbound_streams": len(self._outbound),
+            "streams_opened": self._streams_opened,
+            "late_answers": self.late_answers,
+        }
 
 
 async def _reset_quietly(stream: Any) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from consensus.genesis import Params
-from prsm_node.config import NetworkConfig
-from prsm_node.devnet import Devnet, devnet_init
+from prsm_node.config import NetworkConfig, RegistrySection
+from prsm_node.devnet import DEVNET_REGISTRY, Devnet, devnet_init
 
 pytestmark = pytest.mark.multiprocess
 
@@ -37,10 +37,11 @@ def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
         start: bool = True,
         validators: int | None = None,
         params: Params | None = None,
+        registry: RegistrySection = DEVNET_REGISTRY,
     ) -> Devnet:
         directory = short_dir / f"net{len(started)}"
-        created = devnet_init(directory, nodes, network, validators=validators, params=params)
-        devnet = Devnet(created)
+        devnet = Devnet(devnet_init(directory, nodes, network, validators=validators,
+                                    params=params, registry=registry))
         started.append(devnet)
         if start:
             devnet.start_all()

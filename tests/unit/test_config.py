@@ -60,6 +60,19 @@ def test_missing_file_means_defaults(tmp_path: Path) -> None:
             "network.dial_backoff_initial_ms",
             "must not exceed",
         ),
+        ("[registry]\nmesh_degree = 13\n", "registry.mesh_degree", "mesh_degree_low <="),
+        (
+            "[registry]\nsync_page_bytes_max = 8388608\n",
+            "registry.sync_page_bytes_max",
+            "below network.frame_size_max",
+        ),
+        (
+            "[registry]\ncapability_ttl_ms = 20000\n",
+            "registry.capability_ttl_ms",
+            "must exceed registry.announce_interval_ms",
+        ),
+        ("[registry]\nprice_hints = ['inference=1.5']\n", "registry.price_hints", "BASE_UNITS"),
+        ("[registry]\njob_kinds = ['']\n", "registry.job_kinds", "1 to 64"),
     ],
 )
 def test_bad_config_names_file_key_and_reason(
