@@ -33,7 +33,7 @@ def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
     for index in range(NODES):
         wait_for(
             lambda index=index: table_size(devnet, index) >= 5,
-            60,
+            180,  # generous: 20 nodes start on 2 cores (a deadline, not a wait)
             f"node{index} learning at least 5 peers through the DHT",
         )
     keys = {}

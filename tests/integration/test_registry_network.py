@@ -195,6 +195,6 @@ def test_a_node_announces_the_gpus_torch_sees(make_devnet: Callable[..., Devnet]
         return fresh[0] if fresh else None
 
     node = wait_for(announced, DEADLINE_S, "a capability announcement with the probed GPUs")
-    assert node["job_kinds"] == (["inference", "distillation"] if expected["torch"] else [])
+    assert node["job_kinds"] == (["inference", "distill"] if expected["torch"] else [])
     gpu_nodes = devnet.call(0, "registry_nodes", {"gpu": True})["nodes"]
     assert len(gpu_nodes) == (1 if expected["gpus"] else 0)

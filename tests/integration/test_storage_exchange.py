@@ -43,7 +43,7 @@ def storage_devnet(make_devnet: Callable[..., Devnet], nodes: int, **storage: An
     for index in range(nodes):
         wait_for(
             lambda index=index: devnet.call(index, "dht_table")["peers_total"] >= nodes - 1,
-            30,
+            90,
             f"node{index} knowing the other nodes in its DHT table",
         )
     return devnet
