@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sqlite3
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -97,11 +98,20 @@ class Resources:
     pinned_roots: tuple[str, ...]
 
 
+class StorageClosed(Exception):
+    """The block store was closed while we read it: the node is stopping."""
+
+
 def read_resources(storage: Any, storage_dir: Any, quota_bytes: int) -> Resources:
-    """Sync: psutil and the block store (call from a worker thread)."""
+    """Sync: psutil and the block store (call from a worker thread). The storage service
+    closes its store at shutdown in its own task, possibly during this read."""
     import psutil
 
-    statistics = storage.stat()
+    try:
+        statistics = storage.stat()
+        pinned_roots = tuple(str(cid) for cid in storage.pins())
+    except sqlite3.ProgrammingError as error:  # "Cannot operate on a closed database"
+        raise StorageClosed(str(error)) from None
     free_in_quota = max(0, quota_bytes - statistics.size_bytes)
     try:
         free_on_disk = psutil.disk_usage(str(storage_dir)).free
@@ -111,7 +121,7 @@ def read_resources(storage: Any, storage_dir: Any, quota_bytes: int) -> Resource
         cpu_cores=psutil.cpu_count(logical=True) or 1,
         memory_bytes=psutil.virtual_memory().total,
         storage_free_bytes=min(free_in_quota, free_on_disk),
-        pinned_roots=tuple(str(cid) for cid in storage.pins()),
+        pinned_roots=pinned_roots,
     )
 
 

@@ -68,6 +68,10 @@ class RegistryInputError(Exception):
     """What the control API asked to publish does not fit the schema; the message says why."""
 
 
+class RegistryClosed(Exception):
+    """The store is closed: the node is stopping."""
+
+
 class RegistryPublishError(Exception):
     """Our own view refused what we published (a cap, or a newer version held)."""
 
@@ -149,6 +153,7 @@ class RegistryService:
         self._syncs_on_connect_left = SYNC_ON_CONNECT_MAX
         self._store: RegistryStore | None = None
         self._store_lock = trio.Lock()
+        self._closed = False
         self._announce_now = trio.Event()
         self._local_verdicts: dict[bytes, Verdict] = {}
         self._last_seq = 0
@@ -191,12 +196,19 @@ class RegistryService:
                     nursery.start_soon(self._probe_hardware)
                 task_status.started()
         finally:
+            # Under the lock: a sync request (served from libp2p's own tasks, which outlive
+            # our nursery) may still be inside a store call, and a thread cannot be
+            # cancelled; it finishes first. Later calls get RegistryClosed.
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.store.close)
+                async with self._store_lock:
+                    self._closed = True
+                    await trio.to_thread.run_sync(self.store.close)
 
     async def in_store(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a store call in a worker thread, one at a time (store.py rule 1)."""
         async with self._store_lock:
+            if self._closed:
+                raise RegistryClosed("the node is stopping")
             return await trio.to_thread.run_sync(partial(function, *args, **kwargs))
 
     # -- taking messages in --------------------------------------------------------------
@@ -302,12 +314,15 @@ class RegistryService:
 
     async def _announce_capabilities(self) -> None:
         config = self.config
-        resources = await self._storage.in_thread(
-            caps.read_resources,
-            self._storage.store,
-            self._storage.store_dir,
-            self._storage.config.quota_bytes,
-        )
+        try:
+            resources = await self._storage.in_thread(
+                caps.read_resources,
+                self._storage.store,
+                self._storage.store_dir,
+                self._storage.config.quota_bytes,
+            )
+        except caps.StorageClosed:
+            return  # the node is stopping: the block store closed under this read
         models = await self.in_store(self._models_held, resources.pinned_roots)
         fields = caps.capability_fields(
             hardware=self.hardware,
@@ -421,6 +436,16 @@ class RegistryService:
             request = sync.parse_request(payload)
         except sync.SyncProtocolError as error:
             raise PeerProtocolError(peer, f"registry sync: {error.reason}") from None
+        try:
+            return await self._answer_sync(request)
+        except RegistryClosed:  # stopping: we have nothing to offer, which is a valid answer
+            if isinstance(request, sync.SummaryRequest):
+                return {"signers": [], "done": True}
+            return {"entries": [], "next": None}
+
+    async def _answer_sync(
+        self, request: sync.SummaryRequest | sync.EntriesRequest
+    ) -> dict[str, Any]:
         now = unix_ms()
         self.counters["sync_requests_served"] += 1
         if isinstance(request, sync.SummaryRequest):

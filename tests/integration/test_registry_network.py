@@ -198,3 +198,19 @@ def test_a_node_announces_the_gpus_torch_sees(make_devnet: Callable[..., Devnet]
     assert node["job_kinds"] == (["inference", "distill"] if expected["torch"] else [])
     gpu_nodes = devnet.call(0, "registry_nodes", {"gpu": True})["nodes"]
     assert len(gpu_nodes) == (1 if expected["gpus"] else 0)
+
+
+def test_a_node_stops_cleanly_while_its_peers_sync_from_it(
+    make_devnet: Callable[..., Devnet],
+) -> None:
+    """Sync requests are served from libp2p's own tasks, which outlive the node's nursery:
+    one in flight while the registry closes its store must not crash the stop."""
+    busy = replace(DEVNET_REGISTRY, announce_interval_ms=100, capability_ttl_ms=2000,
+                   sync_interval_ms=100)
+    devnet = make_devnet(3, validators=1, registry=busy)
+    for _ in range(8):
+        wait_for(lambda: stats(devnet, 2)["counters"].get("sync_requests_served", 0) > 0,
+                 DEADLINE_S, "node2 serving sync requests")
+        assert devnet.stop(2) == 0
+        devnet.start(2)
+        devnet.wait_ready(2)
