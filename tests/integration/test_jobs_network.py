@@ -325,3 +325,14 @@ def test_job_nobody_computes_is_refunded_at_its_deadline(
     ended = wait_status(market, B, job_id, {"refunded", "failed", "accepted"}, 60)
     assert (ended["status"], ended["outcome"]) == ("refunded", "deadline_passed")
     assert wait_for(lambda: balance_units(market, A, B) == before, 30, "B's refund")
+
+
+def test_a_published_model_is_announced_on_every_registry(market: Market) -> None:
+    """`model publish` registers on the ledger and also gossips the model, so the other
+    nodes find it by name in their registries."""
+    def listed(index: int) -> bool:
+        models = market.devnet.call(index, "registry_models")["models"]
+        return any(model.get("manifest_cid") == market.mlp for model in models)
+
+    for index in (B, C, D):
+        wait_for(lambda index=index: listed(index), 60, f"node {index} listing the model")
