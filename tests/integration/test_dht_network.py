@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,15 @@ KILLED = 7
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
 
 
+def call(devnet: Devnet, index: int, method: str, params: dict[str, Any] | None = None) -> Any:
+    """A control call that may take long: 20 nodes with their DHT, registry gossip and
+    ledger busy two cores, and a lookup's replies wait in line behind that work."""
+    with devnet.client(index, timeout_s=90) as client:
+        return client.call(method, params)
+
+
 def table_size(devnet: Devnet, index: int) -> int:
-    return devnet.call(index, "dht_table")["peers_total"]
+    return call(devnet, index, "dht_table")["peers_total"]
 
 
 def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
@@ -38,17 +46,17 @@ def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
         )
     keys = {}
     for index in range(NODES):
-        result = devnet.call(index, "dht_put", {"key": "name", "value": f'{{"node": {index}}}'})
+        result = call(devnet, index, "dht_put", {"key": "name", "value": f'{{"node": {index}}}'})
         assert result["peers_sent"] >= 1, result
         keys[index] = result["key"]
     for reader in range(0, NODES, 3):
         for writer in range(NODES):
-            got = devnet.call(reader, "dht_get", {"key": keys[writer]})
+            got = call(devnet, reader, "dht_get", {"key": keys[writer]})
             assert got["found"] and got["value"] == {"node": writer}, (reader, writer, got)
-    devnet.call(5, "dht_provide", {"cid": CID})
+    call(devnet, 5, "dht_provide", {"cid": CID})
     provider = devnet.nodes[5].peer_id
     for index in range(NODES):
-        found = devnet.call(index, "dht_providers", {"cid": CID})["providers"]
+        found = call(devnet, index, "dht_providers", {"cid": CID})["providers"]
         assert provider in [peer["peer_id"] for peer in found], index
 
     devnet.kill(KILLED)
@@ -57,9 +65,9 @@ def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
         target = devnet.nodes[(index + 3) % NODES]
         if target.name == devnet.nodes[KILLED].name:
             continue
-        result = devnet.call(index, "dht_find_peer", {"peer_id": target.peer_id})
+        result = call(devnet, index, "dht_find_peer", {"peer_id": target.peer_id})
         assert result["found"] and result["addrs"] == [target.address], (index, result)
-        got = devnet.call(index, "dht_get", {"key": keys[(index + 11) % NODES]})
+        got = call(devnet, index, "dht_get", {"key": keys[(index + 11) % NODES]})
         assert got["found"], (index, got)
         assert got["completed"]
 
@@ -73,7 +81,7 @@ def test_twenty_node_dht(make_devnet: Callable[..., Devnet]) -> None:
 def test_routing_table_is_persisted_and_reloaded_at_start(make_devnet: Callable[..., Devnet]):
     devnet = make_devnet(4)
     wait_for(lambda: table_size(devnet, 3) >= 3, 60, "node3 knowing the other three")
-    before = {peer["peer_id"] for peer in devnet.call(3, "dht_table")["peers"]}
+    before = {peer["peer_id"] for peer in call(devnet, 3, "dht_table")["peers"]}
     assert devnet.stop(3) == 0
     data_dir = DataDir(devnet.nodes[3].data_dir)
     assert (data_dir.root / "dht_table.msgpack").exists()
@@ -86,6 +94,6 @@ def test_routing_table_is_persisted_and_reloaded_at_start(make_devnet: Callable[
     data_dir.peers_file.unlink()
     devnet.start(3)
     devnet.wait_ready(3)
-    assert devnet.call(3, "peers_list")["peers"] == []
-    after = {peer["peer_id"] for peer in devnet.call(3, "dht_table")["peers"]}
+    assert call(devnet, 3, "peers_list")["peers"] == []
+    after = {peer["peer_id"] for peer in call(devnet, 3, "dht_table")["peers"]}
     assert before == after
