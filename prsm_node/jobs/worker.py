@@ -206,8 +206,8 @@ def run(spec: JobSpec, emit: Emit) -> dict[str, Any]:
     from prsm_node.jobs.models import configure_torch
 
     torch.set_num_interop_threads(1)
-    configure_torch(threads=spec.limits.threads, seed=spec.seed)
     device = _resolve_device(spec.device)
+    configure_torch(threads=spec.limits.threads, seed=spec.seed, cuda=device.type == "cuda")
     emit({"event": "phase", "phase": "loading", "device": device.type})
     info = (_inference if spec.kind == "inference" else _distill)(spec, emit, device)
     return {**info, "hardware": _hardware(device)}

@@ -36,13 +36,12 @@ class Published:
 @contextmanager
 def reproducible_torch(threads: int = 1, seed: int = 0) -> Iterator[None]:
     """The worker's torch settings in this process, restored afterwards."""
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    before = torch.get_num_threads()
     configure_torch(threads=threads, seed=seed)
     try:
         yield
     finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1])
+        torch.set_num_threads(before)
 
 
 @functools.cache
