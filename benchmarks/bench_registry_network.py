@@ -165,7 +165,7 @@ def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[s
 def run(nodes: int, count: int, rates: list[int], seconds: float, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory:
-        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, REGISTRY))
+        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, registry=REGISTRY))
         with devnet:
             began = time.monotonic()
             devnet.start_all()

@@ -77,6 +77,7 @@ def devnet_init(
     nodes: int,
     network: NetworkConfig | None = None,
     validators: int | None = None,
+    *,
     params: Params | None = None,
     registry: RegistrySection = DEVNET_REGISTRY,
 ) -> list[DevnetNode]:
