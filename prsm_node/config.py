@@ -149,6 +149,10 @@ class LogConfig:
         "bytes in logs/node.log before it rotates", 10 * 1024 * 1024, _between(4096, 2**40)
     )
     file_count_max: int = _key("rotated log files kept", 5, _between(1, 100))
+    slow_step_ms: int = _key(
+        "log a task that holds the event loop this long (wall ms); 0 turns the check off",
+        250, _between(0, 60_000),
+    )
 
 
 STORAGE_FRAME_SIZE_MIN = 1024 * 1024 + 4096

@@ -36,6 +36,7 @@ from prsm_node.jobs_service import JobsService
 from prsm_node.ledger_api import LedgerMethods
 from prsm_node.ledger_genesis import GENESIS_FILE_NAME, ensure_genesis
 from prsm_node.ledger_service import LedgerService
+from prsm_node.loop_monitor import SlowStepMonitor
 from prsm_node.net.host import ConnectionEvent, build_host
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
@@ -71,6 +72,7 @@ class NodeContext:
     registry: RegistryService
     started_monotonic: float
     shutdown_requested: trio.Event
+    loop_monitor: SlowStepMonitor | None
 
     def peer_id(self) -> str:
         return self.host.get_id().to_base58()
@@ -201,7 +203,16 @@ def _build_services(
         replicator=Replicator(storage, wire),
         started_monotonic=time.monotonic(),
         shutdown_requested=trio.Event(),
+        loop_monitor=_install_loop_monitor(config.log.slow_step_ms),
     )
+
+
+def _install_loop_monitor(threshold_ms: int) -> SlowStepMonitor | None:
+    if threshold_ms == 0:
+        return None
+    monitor = SlowStepMonitor(threshold_ms)
+    trio.lowlevel.add_instrument(monitor)
+    return monitor
 
 
 async def _start_services(
