@@ -46,7 +46,7 @@ block hash, so it certifies the state root too and any follower can check a bala
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -485,12 +485,13 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
         self._assert_successor(new)
         return block, new
 
-    def apply_block(self, block: Block, verified: dict[bytes, bytes] | None = None
-                    ) -> LedgerState:
+    def apply_block(self, block: Block,
+                    known: Callable[[bytes], SignedTx | None] | None = None) -> LedgerState:
         """Validate ``block`` against this state and return the state after it.
 
-        ``verified`` maps tx hash -> a signature already checked (the mempool's); a
-        transaction carrying exactly that signature is not checked again."""
+        ``known`` returns the already decoded and verified transaction for wire bytes (the
+        mempool's ``known``), or None; only exact wire bytes are reused, anything else is
+        decoded and its signature checked."""
         if block.height != self.height + 1 or block.prev_hash != self.last_block_hash:
             raise BlockInvalid(f"block {block.height} does not extend height {self.height}")
         if len(block.txs) > self.params.batch_size_max:
@@ -498,8 +499,9 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
         txs = []
         try:
             for data in block.txs:
-                tx = decode_tx(data, self.params.tx_size_max)
-                if verified is None or verified.get(tx.tx_hash) != tx.signature:
+                tx = known(data) if known is not None else None
+                if tx is None:
+                    tx = decode_tx(data, self.params.tx_size_max)
                     verify_signature(tx)
                 txs.append(tx)
         except TxRejected as error:

@@ -47,11 +47,12 @@ class Mempool:
     def __contains__(self, tx_hash: bytes) -> bool:
         return tx_hash in self._txs
 
-    def verified_signatures(self) -> dict[bytes, bytes]:
-        """tx hash -> the signature checked on admission. A block's transaction skips its
-        signature check only when it carries this very signature (same hash, other
-        signature: checked, so a block never holds a forged signature for a known body)."""
-        return {tx_hash: tx.signature for tx_hash, tx in self._txs.items()}
+    def known(self, data: bytes) -> SignedTx | None:
+        """The pending transaction with exactly these wire bytes, decoded and verified on
+        admission: a block's copy of it needs neither again. Other bytes (the same body
+        with another signature, say) are not known and get every check."""
+        tx_hash = self._wire.get(sha256(data).digest())
+        return None if tx_hash is None else self._txs[tx_hash]
 
     def pending_hash(self, data: bytes) -> bytes | None:
         """The tx hash of pending wire bytes, without decoding them; None if not pending."""
@@ -111,19 +112,17 @@ class Mempool:
     def prune(self, state: LedgerState, senders: set[bytes] | None = None) -> None:
         """Drop what ``state`` makes invalid: every pending transaction, or only those of
         ``senders`` (the accounts the last block wrote; see rule 4)."""
-        if senders is None:
-            hashes = list(self._txs)
-        else:
-            hashes = [h for s in senders if s in self._by_sender for h in self._by_sender[s]]
-        for tx_hash in hashes:
-            tx = self._txs[tx_hash]
-            if tx.body.nonce > state.account(tx.body.sender).nonce:
-                continue  # a nonce gap stays (what check_tx would say, without raising)
-            try:
-                state.check_tx(tx)
-            except TxRejected as error:
-                if error.reason_code != "nonce_gap":
-                    self._remove(tx_hash)
+        pending = self._by_sender
+        for sender in list(pending) if senders is None else [s for s in senders if s in pending]:
+            nonce = state.account(sender).nonce  # once per sender, not once per transaction
+            # A nonce gap stays (what check_tx would say, without raising); only the next
+            # nonce and used ones can have become invalid.
+            for tx_hash in [h for h in pending[sender] if self._txs[h].body.nonce <= nonce]:
+                try:
+                    state.check_tx(self._txs[tx_hash])
+                except TxRejected as error:
+                    if error.reason_code != "nonce_gap":
+                        self._remove(tx_hash)
 
 
 def decode_verified(data: bytes, state: LedgerState) -> SignedTx:

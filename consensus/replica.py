@@ -327,8 +327,7 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
                 slot.state = self.ledger  # committed here already; the hash was checked
             elif slot.state is None:
                 try:
-                    slot.state = self.ledger.apply_block(slot.block,
-                                                         self.mempool.verified_signatures())
+                    slot.state = self.ledger.apply_block(slot.block, self.mempool.known)
                 except BlockInvalid as error:
                     del self.slots[seq]
                     out.append(PeerMisbehaved(peer=slot.pre_prepare.signer,

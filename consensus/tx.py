@@ -122,14 +122,28 @@ class SignedTx:
     encoded: bytes
     """The canonical wire bytes (what blocks carry)."""
     tx_hash: bytes
+    body_bytes: bytes
+    """``canonical(body)``: what is signed and hashed, kept so nothing re-encodes it."""
+
+
+_ENVELOPE_HEAD = b"\x83\xa4body"  # msgpack: a map of 3, then the key "body"
+_ENVELOPE_TAIL_SIZE = 4 + 2 + SIGNATURE_SIZE + 7 + 2 + PUBLIC_KEY_SIZE
+
+
+def _envelope(body_bytes: bytes, signature: bytes, sender: bytes) -> bytes:
+    """``canonical({"body": body, "signer": sender, "sig": signature})`` by concatenation:
+    the keys sort as body, sig, signer, and a canonical map is its entries in that order,
+    so the body's encoding is one slice of the wire bytes (decode_tx hashes that slice)."""
+    return (_ENVELOPE_HEAD + body_bytes + b"\xa3sig\xc4\x40" + signature
+            + b"\xa6signer\xc4\x20" + sender)
 
 
 def sign_tx(body: TxBody, signer: Signer) -> SignedTx:
     assert signer.public_key == body.sender, "the sender signs its own transactions"
     body_bytes = canonical(body.to_plain())
     signature = sign_bytes(signer, TX_DOMAIN, body_bytes)
-    encoded = canonical({"body": body.to_plain(), "signer": body.sender, "sig": signature})
-    return SignedTx(body=body, signature=signature, encoded=encoded, tx_hash=sha256(body_bytes))
+    return SignedTx(body=body, signature=signature, encoded=_envelope(body_bytes, signature,
+                    body.sender), tx_hash=sha256(body_bytes), body_bytes=body_bytes)
 
 
 def _int(plain: dict[str, Any], name: str, maximum: int) -> int:
@@ -187,14 +201,15 @@ def decode_tx(data: bytes, size_max: int) -> SignedTx:
         raise TxRejected("bad_signature", "the signer is not the sender")
     if type(signature) is not bytes or len(signature) != SIGNATURE_SIZE:
         raise TxRejected("bad_signature", "the signature must be 64 bytes")
-    body_bytes = canonical(body.to_plain())
-    encoded = canonical({"body": body.to_plain(), "signer": body.sender, "sig": signature})
-    if encoded != data:
+    body_bytes = data[len(_ENVELOPE_HEAD):len(data) - _ENVELOPE_TAIL_SIZE]
+    if (canonical(body.to_plain()) != body_bytes
+            or _envelope(body_bytes, signature, body.sender) != data):
         raise TxRejected("malformed", "the encoding is not canonical (sorted keys, msgpack)")
-    return SignedTx(body=body, signature=signature, encoded=encoded, tx_hash=sha256(body_bytes))
+    return SignedTx(body=body, signature=signature, encoded=data, tx_hash=sha256(body_bytes),
+                    body_bytes=body_bytes)
 
 
 def verify_signature(tx: SignedTx) -> None:
-    if not verify_bytes(tx.body.sender, TX_DOMAIN, canonical(tx.body.to_plain()), tx.signature):
+    if not verify_bytes(tx.body.sender, TX_DOMAIN, tx.body_bytes, tx.signature):
         raise TxRejected("bad_signature", "the signature does not match the sender's key "
                          "(signed with another key, or the transaction was altered)")

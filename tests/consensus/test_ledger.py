@@ -212,5 +212,5 @@ def test_known_body_with_forged_signature_is_refused_in_a_block(state: LedgerSta
     bad = Block.make(height=1, prev_hash=block.prev_hash, timestamp_ms=1, txs=(forged_bytes,),
                      state_root=block.state_root)
     with pytest.raises(BlockInvalid, match="bad_signature"):
-        state.apply_block(bad, verified={good.tx_hash: good.signature})
-    assert state.apply_block(block, verified={good.tx_hash: good.signature})
+        state.apply_block(bad, known={good.encoded: good}.get)
+    assert state.apply_block(block, known={good.encoded: good}.get)
