@@ -1,8 +1,12 @@
 """How client transactions reach a block and how clients hear back (a mixin of ``Replica``).
 
 Rules: those of ``replica.py`` (split from it for size). A client's transaction enters
-this replica's mempool (every check), is handed to the primary in batched FORWARDs, and
-its client is answered when a block holding it executes. If nothing commits it in time,
+this replica's mempool (every check), is handed to every other replica in batched
+FORWARDs (as CometBFT gossips its mempool), and its client is answered when a block holding
+it executes. Every replica thus decodes and verifies each transaction when it arrives, off
+the critical path: a backup checking a pre-prepare finds the block's wire bytes in its
+mempool (``Mempool.known``) instead of verifying 500 signatures while the primary waits;
+and after a view change the new primary already holds the backlog. If nothing commits it in time,
 PBFT's client rule applies: the transaction goes to every replica, whose progress timers
 then run, so a silent or censoring primary is voted out.
 """
@@ -20,7 +24,6 @@ from consensus.replica_effects import (
     ClientRejected,
     ClientRequest,
     Effect,
-    Send,
     TimerKind,
 )
 from consensus.replica_view import Phase
@@ -43,12 +46,12 @@ class ClientTransactions:
             self.requests[tx.tx_hash] = event.request_id
             if len(self.requests) > self.config.requests_tracked_max:
                 self.requests.popitem(last=False)
-        if self.primary() != self.index and self.phase is Phase.NORMAL:
+        if self.phase is Phase.NORMAL:
             self._queue_forward(tx.encoded, out)
 
     def _queue_forward(self: Replica, encoded: bytes, out: list[Effect]) -> None:
-        """A backup hands its clients' transactions to the primary in batches: one signed
-        FORWARD per transaction cost a signature, a verification and a round trip each."""
+        """Clients' transactions go out in batches: one signed FORWARD per transaction cost
+        a signature, a verification and a round trip each."""
         self.forward_pending.append(encoded)
         if len(self.forward_pending) >= self.config.forward_batch_max:
             self._flush_forwards(out)
@@ -57,8 +60,8 @@ class ClientTransactions:
 
     def _flush_forwards(self: Replica, out: list[Effect]) -> None:
         pending, self.forward_pending = self.forward_pending, []
-        if pending and self.primary() != self.index and self.phase is Phase.NORMAL:
-            out.append(Send(to=self.primary(), message=self._sign(Forward(txs=tuple(pending)))))
+        if pending and self.phase is Phase.NORMAL:
+            out.append(Broadcast(message=self._sign(Forward(txs=tuple(pending)))))
         # otherwise the stale-transaction rule (``_forward_stale``) sends them later
 
     def _on_forward(self: Replica, message: Signed) -> None:

@@ -202,16 +202,25 @@ def _fire(replica: Replica, kind: TimerKind, now_ms: int) -> list[object]:
         kind=kind, generation=replica.timer_generation[kind])))
 
 
-def test_a_backup_forwards_its_clients_transactions_to_the_primary_in_one_batch() -> None:
+def test_a_replica_forwards_its_clients_transactions_to_every_replica_in_one_batch() -> None:
     cluster, replica = _direct_replica(1)
     txs = [cluster.transfer() for _ in range(3)]
     for request_id, tx in enumerate(txs):
         replica.handle(5, ClientRequest(tx=tx.encoded, request_id=request_id))
-    sends = [e for e in _fire(replica, TimerKind.FORWARD, 10) if type(e).__name__ == "Send"]
-    assert len(sends) == 1 and sends[0].to == replica.primary()
-    assert type(sends[0].message.body) is Forward
-    assert sends[0].message.body.txs == tuple(t.encoded for t in txs)
-    assert not [e for e in _fire(replica, TimerKind.FORWARD, 20) if type(e).__name__ == "Send"]
+    sent = [e for e in _fire(replica, TimerKind.FORWARD, 10)
+            if type(e).__name__ in ("Send", "Broadcast")]
+    assert len(sent) == 1 and type(sent[0]).__name__ == "Broadcast"
+    forward = sent[0].message
+    assert type(forward.body) is Forward
+    assert forward.body.txs == tuple(t.encoded for t in txs)
+    assert not [e for e in _fire(replica, TimerKind.FORWARD, 20)
+                if type(e).__name__ in ("Send", "Broadcast")]
+    # Another backup admits them on arrival, so a block holding them needs no new checks.
+    other = Replica(index=2, signer=cluster.signers[2], genesis=cluster.genesis,
+                    config=cluster.config)
+    other.handle(0, Start())
+    other.handle(30, MessageReceived(peer=1, message=forward))
+    assert all(other.mempool.known(t.encoded) == t for t in txs)
 
 
 def test_illegal_phase_transition_names_phase_and_trigger() -> None:
