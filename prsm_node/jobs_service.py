@@ -91,7 +91,10 @@ class JobsService:
         self.counters = {"started": 0, "posted": 0, "failed": 0, "post_failed": 0}
 
     def statistics(self) -> dict[str, Any]:
-        return {"working": len(self._working), **self.counters}
+        sandbox = self.runner.sandbox_status()
+        return {"working": len(self._working), **self.counters,
+                "sandbox": {"mode": sandbox.mode, "active": sandbox.active,
+                            "reason": sandbox.reason}}
 
     def local_status(self, job_id: bytes) -> dict[str, Any] | None:
         """This node's progress on a job it works on, or None."""
