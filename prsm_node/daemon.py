@@ -179,7 +179,7 @@ def _build_services(
                        hidden=(data_dir.root,))
     return NodeContext(
         ledger=ledger,
-        jobs=JobsService(ledger=ledger, storage=storage, runner=runner),
+        jobs=JobsService(ledger=ledger, storage=storage, runner=runner, wire=wire),
         registry=RegistryService(
             config=config.registry,
             seed=seed,
