@@ -289,8 +289,9 @@ class JobsMethods:
         local = self._jobs.local_status(key)
         answer["local"] = local
         answer["worker"] = None
-        if local is None and job.status is JobStatus.ASSIGNED and \
-                job.submitter == self._jobs.key != job.assignee:
+        own = self._jobs.key
+        if local is None and job.status is JobStatus.ASSIGNED and job.submitter == own \
+                and job.assignee != own:
             answer["worker"] = worker = await self._jobs.progress.ask(key, job)
             local = worker if "state" in worker else None
         if local is not None and local["state"] == "running" and answer["status"] in (

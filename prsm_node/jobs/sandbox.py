@@ -17,8 +17,9 @@ Rules:
    work root is ``<data_dir>/jobs``). The process then changes into the work dir again:
    ``..`` from the old cwd would walk into the covered directory.
 4. ``/proc`` is covered too, by a read-only tmpfs holding only the worker's own
-   ``/proc/<pid>`` (also as ``self``) and ``cpuinfo``, ``meminfo``, ``stat``, ``sys`` and
-   ``driver`` (torch's cpuinfo, glibc and the NVIDIA driver read them). ``/proc/<pid>/root``
+   ``/proc/<pid>`` (also as ``self``) and ``cpuinfo``, ``meminfo``, ``stat``, ``devices``,
+   ``sys`` and ``driver`` (torch's cpuinfo, glibc and the NVIDIA driver read them; CUDA in
+   the sandbox is not yet tried on a GPU machine). ``/proc/<pid>/root``
    of a process of the same uid (the node, the shell that started it) would lead back into
    the host's mounts, past the tmpfs; the user namespace already denies that (no
    CAP_SYS_PTRACE in the node's namespace, measured: EACCES), the cover is the second
@@ -59,7 +60,7 @@ AT_FDCWD = -100
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
 CAPABILITY_VERSION_3 = 0x20080522
 CAPABILITY_LAST_MAX = 63
-PROC_FILES = ("cpuinfo", "meminfo", "stat")
+PROC_FILES = ("cpuinfo", "meminfo", "stat", "devices")
 PROC_DIRS = ("sys", "driver")
 PROBE_TIMEOUT_S = 30.0
 """A probe is a bare interpreter start plus a few syscalls (~50 ms); 30 s covers a loaded
@@ -219,7 +220,7 @@ def probe(python: str = sys.executable) -> str | None:
         completed = subprocess.run(
             [python, "-I", "-m", "prsm_node.jobs.sandbox"], stdin=subprocess.DEVNULL,
             capture_output=True, timeout=PROBE_TIMEOUT_S, env={"PATH": "/usr/bin:/bin"},
-            check=False)
+            cwd="/", check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"the probe did not run: {error}"
     if completed.returncode == 0:
