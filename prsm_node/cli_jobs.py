@@ -129,7 +129,8 @@ def job_status(
     data_dir: DataDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """A job's status; with progress (step, loss) while this node runs it."""
+    """A job's status; with progress (step, loss) while this node runs it, or, on the
+    submitter's node, as the assigned worker reports it."""
     result = _call(data_dir, "job_status", {"job_id": job_id})
     lines = [f"status    {result['status']}", f"kind      {result['kind']}",
              f"model     {result['model']}", f"assignee  {result['assignee']}"]
@@ -138,6 +139,14 @@ def job_status(
     progress = (result.get("local") or {}).get("progress") or {}
     if progress:
         lines.append("progress  " + "  ".join(f"{k}={v}" for k, v in sorted(progress.items())))
+    worker = result.get("worker") or {}
+    if "error" in worker and "state" not in worker:
+        lines.append(f"worker    no progress: {worker['error']}")
+    elif worker:
+        shown = {"state": worker["state"], **worker["progress"]}
+        lines.append("worker    " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+        if worker["error"]:
+            lines.append(f"error     {worker['error']}")
     _emit(result, json_output, lines)
 
 

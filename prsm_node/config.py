@@ -327,6 +327,7 @@ class PbftSection:
 
 JOB_KINDS = ("inference", "distill")
 JOB_DEVICES = ("auto", "cpu", "cuda")
+JOB_SANDBOX_MODES = ("auto", "required", "off")
 
 
 def _kinds(values: tuple[str, ...]) -> str | None:
@@ -383,6 +384,12 @@ class JobsSection:
     kinds: tuple[str, ...] = _key("job kinds this node runs", JOB_KINDS, _kinds)
     device: str = _key(
         "auto (the GPU when torch sees one), cpu or cuda", "auto", _one_of(JOB_DEVICES)
+    )
+    sandbox: str = _key(
+        "worker isolation by Linux namespaces: auto (when the kernel allows, else a "
+        "warning), required (no jobs without it) or off",
+        "auto",
+        _one_of(JOB_SANDBOX_MODES),
     )
 
 

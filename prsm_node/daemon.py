@@ -177,10 +177,11 @@ def _build_services(
         host=host,
     )
     (data_dir.root / JOBS_DIR_NAME).mkdir(mode=0o700, exist_ok=True)
-    runner = JobRunner(config.jobs, work_root=data_dir.root / JOBS_DIR_NAME)
+    runner = JobRunner(config.jobs, work_root=data_dir.root / JOBS_DIR_NAME,
+                       hidden=(data_dir.root,))
     return NodeContext(
         ledger=ledger,
-        jobs=JobsService(ledger=ledger, storage=storage, runner=runner),
+        jobs=JobsService(ledger=ledger, storage=storage, runner=runner, wire=wire),
         registry=RegistryService(
             config=config.registry,
             seed=seed,

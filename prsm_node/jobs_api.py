@@ -23,7 +23,7 @@ from typing import Any
 from consensus import job_tx
 from consensus.errors import TxRejected
 from consensus.job_args import JobKind
-from consensus.job_records import Job, Model
+from consensus.job_records import Job, JobStatus, Model
 from consensus.job_tx import TxHeader
 from consensus.tx import TxBody
 from prsm_node.control import Dispatcher, ErrorCode, Param, RpcError
@@ -281,11 +281,19 @@ class JobsMethods:
         return job
 
     async def job_status(self, job_id: str) -> dict[str, Any]:
-        """The ledger's record, and this node's progress when it works on the job."""
+        """The ledger's record, and this node's progress when it works on the job; on the
+        submitter's node, the assigned worker's progress (``worker``, jobs_progress.py)."""
         key = _job_id(job_id)
-        answer = job_json(key, self._job(key)) | {"height": self._ledger.ledger().height}
+        job = self._job(key)
+        answer = job_json(key, job) | {"height": self._ledger.ledger().height}
         local = self._jobs.local_status(key)
         answer["local"] = local
+        answer["worker"] = None
+        own = self._jobs.key
+        if local is None and job.status is JobStatus.ASSIGNED and job.submitter == own \
+                and job.assignee != own:
+            answer["worker"] = worker = await self._jobs.progress.ask(key, job)
+            local = worker if "state" in worker else None
         if local is not None and local["state"] == "running" and answer["status"] in (
                 "assigned", "disputed"):
             answer["status"] = "running"

@@ -16,6 +16,8 @@ Rules:
 4. A distill job's output is its student, published with its lineage (manifest names the
    teacher) and, by the assignee only, registered on the ledger with the teacher set; the
    result posted is the student manifest's CID and ``weights_digest`` (jobs_store.py).
+5. This node's progress on a job is told to the job's submitter over
+   /prsm/job-progress/1.0.0 (jobs_progress.py), which also asks for it on our own jobs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from prsm_node.jobs.manifests import describe_model, publish_student
 from prsm_node.jobs.process import JobRequest, JobResult
 from prsm_node.jobs.runner import JobRunner
 from prsm_node.jobs.spec import OUTPUT, STUDENT
+from prsm_node.jobs_progress import JobProgress
 from prsm_node.jobs_records import decode_params, input_name, job_seed
 from prsm_node.jobs_store import (
     ModelFetchError,
@@ -47,6 +50,7 @@ from prsm_node.jobs_store import (
     weights_digest,
 )
 from prsm_node.ledger_service import LedgerService, TxFailed
+from prsm_node.net.wire import Wire
 from prsm_node.storage_service import FetchesBusy, StorageService
 from storage.cid import Cid
 from storage.errors import InvalidDataError
@@ -82,16 +86,22 @@ class LocalJob:
 
 
 class JobsService:
-    def __init__(self, *, ledger: LedgerService, storage: StorageService, runner: JobRunner
-                 ) -> None:
+    def __init__(self, *, ledger: LedgerService, storage: StorageService, runner: JobRunner,
+                 wire: Wire) -> None:
         self._ledger, self._storage, self.runner = ledger, storage, runner
+        self.progress = JobProgress(wire=wire, ledger=ledger, local_status=self.local_status,
+                                    penalise=storage.peers.penalise)
         self.key = ledger.signer.public_key
         self._working: set[bytes] = set()
         self.local: dict[bytes, LocalJob] = {}
         self.counters = {"started": 0, "posted": 0, "failed": 0, "post_failed": 0}
 
     def statistics(self) -> dict[str, Any]:
-        return {"working": len(self._working), **self.counters}
+        sandbox = self.runner.sandbox_status()
+        return {"working": len(self._working), **self.counters,
+                "progress": dict(self.progress.counters),
+                "sandbox": {"mode": sandbox.mode, "active": sandbox.active,
+                            "reason": sandbox.reason}}
 
     def local_status(self, job_id: bytes) -> dict[str, Any] | None:
         """This node's progress on a job it works on, or None."""
@@ -107,6 +117,7 @@ class JobsService:
                 "wall_seconds": local.wall_seconds, "cpu_seconds": local.cpu_seconds}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.progress.register()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.runner.run)
             nursery.start_soon(self._follow, nursery)

@@ -75,6 +75,7 @@ def register_node_methods(dispatcher: Dispatcher, context: NodeContext) -> None:
             "scores": asdict(context.scores.statistics()),
             "wire": context.wire.statistics(),
             "ledger": context.ledger.statistics(),
+            "jobs": context.jobs.statistics(),
             "event_loop": (context.loop_monitor.statistics()
                            if context.loop_monitor is not None else None),
         }

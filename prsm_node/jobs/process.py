@@ -7,7 +7,9 @@ Rules:
 2. The worker gets a scrubbed environment (no PRSM_HOME, nothing of the node's), no
    inherited descriptors but its pipes, the work dir as cwd, its own session (process
    group), and ``-I`` (isolated mode: no PYTHON* variables, no user site, no cwd on
-   sys.path).
+   sys.path). With ``sandbox`` (the runner's decision, runner.py rule 5) it also gets
+   ``--sandbox`` and the dirs to hide, and isolates itself before it reads the job
+   (sandbox.py); a worker that cannot fails the job, it never runs unisolated.
 3. Limits: the worker sets its rlimits itself (worker.py, rule 1); here the parent enforces
    the wall clock (``trio.move_on_after``) and resident memory and CPU time of the whole
    process tree (psutil, every ``WATCH_INTERVAL_S``). Any limit kills the process group
@@ -29,7 +31,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,11 +302,21 @@ def _outcome(returncode: int, watch: _Watch, work: Path, kind: str,
     return {name: _read_output(work, name, limits.memory_mb * MIB) for name in OUTPUTS[kind]}
 
 
+def worker_command(python: str, sandbox: Sequence[Path] | None) -> list[str]:
+    """The worker's argv; ``sandbox`` is None (no sandbox) or the dirs it must hide."""
+    command = [python, "-I", "-m", "prsm_node.jobs.worker"]
+    if sandbox is not None:
+        command += ["--sandbox", *(str(folder) for folder in sandbox)]
+    return command
+
+
 async def run_worker(request: JobRequest, *, params: Mapping[str, Any], limits: JobLimits,
                      device: str, work_root: Path | None = None, python: str = sys.executable,
+                     sandbox: Sequence[Path] | None = None,
                      on_event: Callable[[dict[str, Any]], None] = lambda event: None
                      ) -> JobResult:
-    """Run one checked job (``params`` from ``check_request``) in a fresh worker process."""
+    """Run one checked job (``params`` from ``check_request``) in a fresh worker process,
+    in a sandbox hiding the ``sandbox`` dirs unless that is None."""
     spec = JobSpec(kind=request.kind, seed=request.seed, device=device,
                    inputs=tuple(sorted(request.inputs)), params=dict(params),
                    limits=WorkerLimits(cpu_seconds=limits.cpu_seconds,
@@ -319,7 +331,8 @@ async def run_worker(request: JobRequest, *, params: Mapping[str, Any], limits: 
         watch = _Watch()
         try:
             await trio.to_thread.run_sync(write_work_dir, work, request, spec)
-            returncode = await _supervise(work, limits, python, watch, on_event)
+            returncode = await _supervise(work, limits, worker_command(python, sandbox),
+                                          watch, on_event)
         except OSError as error:  # a full disk, a python that is not there: not our bug
             raise JobFailed("WorkerStartError", str(error)) from None
         wall = trio.current_time() - started
@@ -333,12 +346,12 @@ async def run_worker(request: JobRequest, *, params: Mapping[str, Any], limits: 
             await trio.to_thread.run_sync(shutil.rmtree, work, True)
 
 
-async def _supervise(work: Path, limits: JobLimits, python: str, watch: _Watch,
+async def _supervise(work: Path, limits: JobLimits, command: list[str], watch: _Watch,
                      on_event: Callable[[dict[str, Any]], None]) -> int:
     """Start the worker, relay its events under the limits, always reap it (rule 3)."""
     with open(work / "stderr.log", "wb") as stderr:
         process = await trio.lowlevel.open_process(
-            [python, "-I", "-m", "prsm_node.jobs.worker"], stdin=subprocess.DEVNULL,
+            command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=stderr, cwd=work,
             env=worker_environment(work, limits.threads), start_new_session=True)
     log.debug("jobs.worker_started", pid=process.pid, work=str(work))

@@ -14,6 +14,10 @@ Rules:
    ``FINISHED_MAX``, oldest evicted first.
 4. A job's failure is the job's: the runner logs it, records it, raises it from ``wait``,
    and goes on with the next job. Cancelling a job kills its worker (process.py reaps it).
+5. Isolation is decided once, when the runner starts (``jobs.sandbox``): ``off`` runs
+   workers without a sandbox; otherwise a probe process tries one (sandbox.py). Where the
+   kernel refuses, ``auto`` runs without and warns once, ``required`` refuses every job.
+   ``sandbox_status()`` says which, for the node's statistics: never a silent claim.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from prsm_node.jobs.errors import (
     UnknownJob,
 )
 from prsm_node.jobs.process import JobLimits, JobRequest, JobResult, check_request, run_worker
+from prsm_node.jobs.sandbox import probe
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +79,15 @@ class JobStatus:
     state: JobState
     progress: Mapping[str, Any]  # the worker's last phase or progress event
     error: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxStatus:
+    """Whether workers run isolated (rule 5), and why not when they do not."""
+
+    mode: str  # jobs.sandbox: auto, required or off
+    active: bool
+    reason: str  # empty when active
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,8 +128,12 @@ class JobRunner:
     """Runs jobs in worker processes; start with ``await nursery.start(runner.run)``."""
 
     def __init__(self, settings: JobsSection, *, work_root: Path | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, hidden: tuple[Path, ...] = ()) -> None:
+        """``hidden``: dirs a sandboxed worker must not see (the node's data dir)."""
         self._settings = settings
+        self._hidden = hidden
+        self._sandbox = SandboxStatus(mode=settings.sandbox, active=False,
+                                      reason="the runner has not started")
         self._limits = JobLimits.from_section(settings)
         self._work_root = work_root
         self._python = python
@@ -130,6 +148,7 @@ class JobRunner:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Serve jobs until cancelled; running workers are killed and reaped on the way out."""
+        self._sandbox = await self._decide_sandbox()
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(self._settings.max_concurrent):
@@ -144,12 +163,37 @@ class JobRunner:
                     self._finish(job, JobState.CANCELLED,
                                  error=JobCancelled(f"{job.job_id}: the runner stopped"))
 
+    async def _decide_sandbox(self) -> SandboxStatus:
+        """Rule 5, logged once."""
+        mode = self._settings.sandbox
+        if mode == "off":
+            log.warning("jobs.sandbox_off", detail="jobs.sandbox = off: workers can read "
+                        "the node's data dir and reach the network")
+            return SandboxStatus(mode=mode, active=False, reason="jobs.sandbox = off")
+        reason = await trio.to_thread.run_sync(probe, self._python)
+        if reason is None:
+            log.info("jobs.sandbox_active", mode=mode, hidden=[str(p) for p in self._hidden])
+            return SandboxStatus(mode=mode, active=True, reason="")
+        if mode == "required":
+            log.error("jobs.sandbox_unavailable", mode=mode, reason=reason,
+                      detail="jobs.sandbox = required: every job is refused")
+        else:
+            log.warning("jobs.sandbox_unavailable", mode=mode, reason=reason,
+                        detail="workers run without isolation")
+        return SandboxStatus(mode=mode, active=False, reason=reason)
+
+    def sandbox_status(self) -> SandboxStatus:
+        return self._sandbox
+
     def submit(self, request: JobRequest, *, job_id: str | None = None,
                on_event: Callable[[dict[str, Any]], None] | None = None) -> str:
         """Check and queue a job (rule 1); returns its id. ``on_event`` gets each of the
         worker's events as it arrives (e.g. to relay progress to a client)."""
         if not self._running:
             raise JobRefused("the job runner is not running")
+        if self._sandbox.mode == "required" and not self._sandbox.active:
+            raise JobRefused("jobs.sandbox = required, but workers cannot be isolated "
+                             f"here: {self._sandbox.reason}")
         if request.kind not in self._settings.kinds:
             raise JobRefused(f"this node does not run {request.kind} jobs")
         job_id = job_id or f"job-{next(self._ids)}"
@@ -237,6 +281,8 @@ class JobRunner:
                 result = await run_worker(job.request, params=job.params, limits=limits,
                                           device=self._settings.device,
                                           work_root=self._work_root, python=self._python,
+                                          sandbox=self._hidden if self._sandbox.active
+                                          else None,
                                           on_event=job.record)
             except JobError as failure:
                 error = failure

@@ -1,6 +1,9 @@
 """The job worker process: ``python -I -m prsm_node.jobs.worker``, run in the job's work dir.
 
 Rules:
+0. Started with ``--sandbox DIR...``, the worker isolates itself first (sandbox.py: the
+   dirs hidden, /proc and the network gone, no capabilities), before it reads anything of
+   the job; if the kernel refuses, the job fails with ``SandboxError``.
 1. Before anything heavy (torch), the worker reads ``job.json`` and limits itself:
    RLIMIT_CPU (soft: SIGXCPU, hard two seconds later: SIGKILL), RLIMIT_AS (the memory
    limit plus ``ADDRESS_SPACE_SLACK_BYTES`` of address space that torch reserves without
@@ -34,6 +37,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from prsm_node.jobs import sandbox
 from prsm_node.jobs.errors import JobSpecError
 from prsm_node.jobs.spec import (
     CPU_HARD_GRACE_SECONDS,
@@ -213,12 +217,15 @@ def run(spec: JobSpec, emit: Emit) -> dict[str, Any]:
     return {**info, "hardware": _hardware(device)}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     emit = _emitter(_claim_stdout())
     try:
+        sandboxed = bool(argv) and argv[0] == "--sandbox"
+        if sandboxed:  # rule 0
+            sandbox.enter(argv[1:], os.getcwd())
         spec = spec_from_json(json.loads(_read(Path(SPEC_FILE), SPEC_SIZE_MAX)))
         apply_limits(spec.limits, address_space=not _may_use_cuda(spec.device))
-        emit({"event": "started", "pid": os.getpid(), "kind": spec.kind,
+        emit({"event": "started", "pid": os.getpid(), "kind": spec.kind, "sandbox": sandboxed,
               "roles": list(MODEL_ROLES[spec.kind])})
         info = run(spec, emit)
         outputs = sorted(path.name for path in Path(OUTPUTS_DIR).iterdir())
@@ -235,7 +242,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    status = main()
+    status = main(sys.argv[1:])
     sys.stderr.flush()
     # The outputs are closed and the protocol flushed; skipping the interpreter's
     # finalisation (torch's module teardown) saves ~0.5 s per job (measured in
