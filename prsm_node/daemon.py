@@ -9,6 +9,7 @@ process exits 0.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
@@ -129,6 +130,18 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
             pid=os.getpid(),
         )
         _announce_ready(context)
+        _freeze_startup_heap()
+
+
+def _freeze_startup_heap() -> None:
+    """Move what start-up allocated (modules, libp2p, services: ~110k objects) out of the
+    collector's reach. Those objects live as long as the node, yet every full collection
+    walked them: ~90 ms of CPU per pause, measured at 1.1-1.6 s of wall time on a loaded
+    machine in a 30-node devnet (node_statistics.event_loop.gc_pause_ms_max), stalling
+    every task. After the freeze a full collection walks only what was allocated since."""
+    gc.collect()
+    gc.freeze()
+    log.debug("node.heap_frozen", objects=gc.get_freeze_count())
 
 
 def _build_services(
@@ -212,6 +225,7 @@ def _install_loop_monitor(threshold_ms: int) -> SlowStepMonitor | None:
     if threshold_ms == 0:
         return None
     monitor = SlowStepMonitor(threshold_ms)
+    monitor.watch_gc()
     trio.lowlevel.add_instrument(monitor)
     return monitor
 

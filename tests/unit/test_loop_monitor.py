@@ -85,3 +85,9 @@ def test_installed_from_inside_a_step_the_partial_step_is_skipped() -> None:
     trio.run(main)
     assert monitor.steps > 0
     assert monitor.statistics()["slow_steps"] == 0
+
+
+def test_steps_are_counted_per_task_name() -> None:
+    monitor = run_with_monitor(behaves, behaves)
+    busiest = monitor.statistics()["busiest_tasks"]
+    assert busiest[0]["task"].endswith("behaves") and busiest[0]["steps"] >= 40
