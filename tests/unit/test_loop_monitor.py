@@ -91,3 +91,21 @@ def test_steps_are_counted_per_task_name() -> None:
     monitor = run_with_monitor(behaves, behaves)
     busiest = monitor.statistics()["busiest_tasks"]
     assert busiest[0]["task"].endswith("behaves") and busiest[0]["steps"] >= 40
+
+
+def test_collector_pauses_are_timed_per_generation() -> None:
+    import gc
+
+    monitor = SlowStepMonitor(threshold_ms=100)
+    monitor.watch_gc()
+    try:
+        garbage = [[index] for index in range(50_000)]
+        del garbage
+        gc.collect()
+    finally:
+        monitor.unwatch_gc()
+    stats = monitor.statistics()
+    assert stats["gc_collections"][2] >= 1
+    assert stats["gc_pause_ms_max"] > 0
+    gc.collect()  # after unwatch: no longer counted
+    assert monitor.statistics()["gc_collections"] == stats["gc_collections"]
