@@ -54,6 +54,8 @@ STRAGGLER_S = 15.0
 PROPAGATION_GAP_S = 1.0
 QUIET_CPU_PERCENT = 80
 QUIET_SAMPLE_S = 5.0
+LATE_MS = 500
+"""A delivery this late is counted against its node (which nodes are the tail)."""
 
 
 def wait_quiet(procs: list) -> int:
@@ -89,16 +91,20 @@ def deliveries(devnet: Devnet, names: set[str]) -> dict[str, list[dict[str, Any]
     for index in range(len(devnet.nodes)):
         for model in devnet.call(index, "registry_models", with_limit)["models"]:
             if model["name"] in found:
-                found[model["name"]].append(model)
+                found[model["name"]].append(model | {"node": index})
     return found
 
 
 def summarise(published: list[dict[str, Any]], got: dict[str, list], nodes: int) -> dict:
     to_node, to_all, by_source = [], [], {"gossip": 0, "sync": 0, "local": 0}
+    late: dict[int, int] = {}
     for item in published:
         records = got[item["name"]]
         delays = [record["received_at_ms"] - item["issued_at_ms"] for record in records]
         to_node += delays
+        for record, delay in zip(records, delays, strict=True):
+            if delay >= LATE_MS:
+                late[record["node"]] = late.get(record["node"], 0) + 1
         if len(records) == nodes:
             to_all.append(max(delays))
         for record in records:
@@ -114,10 +120,31 @@ def summarise(published: list[dict[str, Any]], got: dict[str, list], nodes: int)
         "delay_to_all_p50_ms": percentile(to_all, 0.5),
         "delay_to_all_p99_ms": percentile(to_all, 0.99),
         "delay_to_all_max_ms": max(to_all, default=None),
+        "late_deliveries_by_node": dict(sorted(late.items(), key=lambda i: -i[1])),
+    }
+
+
+def event_loops(devnet: Devnet) -> list[dict[str, Any]]:
+    return [devnet.call(i, "node_statistics")["event_loop"] for i in range(len(devnet.nodes))]
+
+
+def loop_figures(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
+    """What held the nodes' event loops during a phase (the monitor's counters are totals
+    since start; the worst pauses are maxima since start, so read them as upper bounds)."""
+    return {
+        "slow_steps": sum(a["slow_steps"] - b["slow_steps"] for a, b in zip(after, before,
+                                                                              strict=True)),
+        "full_collections": sum(a["gc_collections"][2] - b["gc_collections"][2]
+                                for a, b in zip(after, before, strict=True)),
+        "gc_pause_ms_max": max(a["gc_pause_ms_max"] for a in after),
+        "slowest_steps": sorted((s | {"node": i} for i, a in enumerate(after)
+                                 for s in a["slow_by_task"]),
+                                key=lambda s: -s["wall_ms_max"])[:5],
     }
 
 
 def propagation(devnet: Devnet, count: int, rng: random.Random) -> dict[str, Any]:
+    loops_before = event_loops(devnet)
     published = []
     for number in range(count):
         with devnet.client(rng.randrange(len(devnet.nodes))) as client:
@@ -129,7 +156,8 @@ def propagation(devnet: Devnet, count: int, rng: random.Random) -> dict[str, Any
         lambda: all(len(v) == nodes for v in deliveries(devnet, names).values()),
         60, "every announcement everywhere",
     )
-    return summarise(published, deliveries(devnet, names), nodes)
+    return summarise(published, deliveries(devnet, names), nodes) | {
+        "event_loops": loop_figures(loops_before, event_loops(devnet))}
 
 
 def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[str, Any]:
