@@ -1,4 +1,4 @@
-"""PBFT messages: bodies, ``prsm/pbft/1`` signed envelopes, the wire codec and its checks.
+"""PBFT messages: bodies, ``prsm/pbft/2`` signed envelopes, the wire codec and its checks.
 
 Rules:
 1. Every body is a frozen, slotted, keyword-only dataclass. A signed message is

@@ -136,7 +136,10 @@ class Epochs:
         if recovered.view_epoch == self.epoch:
             self.view = recovered.view
             self.phase = Phase.VIEW_CHANGE if recovered.in_view_change else Phase.NORMAL
-        if recovered.stable_seq > self.epoch and all(
+        if recovered.stable_seq == self.epoch:  # the epoch's start: no proof (rule 3)
+            self.stable_seq, self.stable_block = recovered.stable_seq, recovered.stable_block
+            self.stable_state = recovered.stable_state
+        elif recovered.stable_seq > self.epoch and all(
                 p.epoch == self.epoch for p in recovered.stable_proof):
             self.stable_seq, self.stable_block = recovered.stable_seq, recovered.stable_block
             self.stable_proof = recovered.stable_proof

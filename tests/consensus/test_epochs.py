@@ -33,6 +33,7 @@ from consensus.replica_effects import (
     MessageReceived,
     NeedBlocks,
     PeerMisbehaved,
+    PersistBlock,
     PersistCheckpoint,
     PersistView,
     Recovered,
@@ -43,6 +44,7 @@ from consensus.replica_effects import (
     TimerKind,
     ValidatorsChanged,
 )
+from consensus.store import LedgerStore
 from consensus.tx import SignedTx, TxKind
 from tests.consensus.helpers import make_genesis, signers, transfer, tx
 
@@ -328,3 +330,44 @@ def test_the_replica_configuration_always_follows_the_executed_state(
         assert state.epoch == 0 or state.epoch % GENESIS.params.epoch_length_blocks == 0
         epochs.add(state.epoch)
     assert changes == len(epochs) - 1
+
+
+def write_chain(store: LedgerStore, chain: Chain, upto: int) -> list[LedgerState]:
+    states = [LedgerState(GENESIS)]
+    for certified in chain.blocks[:upto]:
+        states.append(states[-1].apply_block(certified.block))
+        store.write_batch([PersistBlock(block=certified.block,
+                                        certificate=certified.certificate, state=states[-1])])
+    return states
+
+
+def test_the_store_gives_back_the_epoch_start_and_the_view_of_its_epoch(tmp_path) -> None:
+    chain = joined_chain()
+    chain.filler(1)
+    store = LedgerStore(tmp_path / "ledger.sqlite", GENESIS)
+    states = write_chain(store, chain, 5)
+    store.write_batch([PersistView(view=0, in_view_change=False, epoch=4),
+                       PersistCheckpoint(seq=4, block=chain.blocks[3].block, proof=(),
+                                         state=states[4]),
+                       PersistView(view=2, in_view_change=True, epoch=4)])
+    recovered = store.recover()
+    assert recovered is not None and recovered.view_epoch == 4
+    replica = replica_of(VALIDATORS[2], recovered)
+    assert (replica.epoch, replica.view, replica.phase.value) == (4, 2, "view_change")
+    assert replica.stable_seq == 4 and replica.stable_state is not None
+    assert replica._reported_stable() == (4, ())
+    store.close()
+
+
+def test_a_follower_store_turned_validator_starts_in_the_ledger_epoch(tmp_path) -> None:
+    chain = joined_chain()
+    chain.filler(2)
+    store = LedgerStore(tmp_path / "ledger.sqlite", GENESIS)
+    write_chain(store, chain, 6)  # what a follower wrote: blocks only, no view
+    replica = replica_of(NEWCOMERS[0], store.recover())
+    assert replica.epoch == 4 and replica.index is not None and replica.executed == 6
+    assert replica.stable_seq == 6 and replica._reported_stable() == (4, ())
+    effects = replica.handle(10, Start())
+    assert ValidatorsChanged(epoch=4, validators=replica.validators,
+                             index=replica.index) in effects
+    store.close()
