@@ -5,10 +5,11 @@ Run: ``python -m simulations.pbft_scenario --epoch-change --seed 1 --seeds 100``
 Rules (besides those of ``pbft_scenario.py``, whose safety checker runs unchanged: every
 certificate is checked against the configuration of its own height, derived by executing
 the agreed chain):
-1. Four genesis validators and a fifth node, the joiner, with a funded account. The joiner
+1. The genesis validators (four by default) and one more node, the joiner, with a funded
+   account. The joiner
    runs a replica from the start: passive (no votes) until a block makes it a member.
-   At t=0 it sends ``stake`` and ``register_validator``; once the agreed chain shows a
-   five-member set, the genesis validator with the highest address (the leaver) sends
+   At t=0 it sends ``stake`` and ``register_validator``; once the agreed chain shows the
+   grown set, the genesis validator with the highest address (the leaver) sends
    ``unstake`` of one unit, which drops it below ``validator_stake_min``: it must leave
    at the next boundary and keep following as a passive replica.
 2. Faults in the safety phase: the seed's loss, duplication, jitter (reordering),
@@ -17,7 +18,8 @@ the agreed chain):
    agreed chain first crosses an epoch boundary.
 3. Liveness, after healing: as soon as the joiner is in the agreed set, one genesis
    validator other than the leaver is crashed for good; with five members the quorum is
-   four, so blocks then commit only if the joiner votes. New transfers keep coming (one per
+   four, so blocks then commit only if the joiner votes (with seven genesis validators:
+   six of eight). New transfers keep coming (one per
    ``LATE_TX_SPACING_MS``) and the run is live when every node still up has executed every
    transaction, the set grew to five and shrank to four, and the joiner's commits appear
    in certificates after the crash.
@@ -117,7 +119,7 @@ class EpochScenario(PbftScenario):
             self.sim.schedule(min(self.sim.now_ms + self.rng.randint(500, 3_000),
                                   self.config.safety_ms - 1),
                               lambda s, v=victim: self._restart(s, v))
-        if 5 in sizes and not self.leave_sent:
+        if len(self.signers) + 1 in sizes and not self.leave_sent:
             self.leave_sent = True
             unstake = self._tx(self.leaver, TxKind.UNSTAKE, 1)
             self.sim.schedule(self.sim.now_ms + 1, lambda s: self._send_now(unstake))
@@ -155,9 +157,9 @@ class EpochScenario(PbftScenario):
             self._late_tx()
 
     def _epochs_done(self) -> bool:
-        sizes = [size for _, size in self.validator_sets]
-        return (5 in sizes and sizes[-1] == 4 and self.late_txs >= LATE_TXS
-                and self.joiner_commits_after_crash > 0)
+        sizes, genesis_size = [size for _, size in self.validator_sets], len(self.signers)
+        return (genesis_size + 1 in sizes and sizes[-1] == genesis_size
+                and self.late_txs >= LATE_TXS and self.joiner_commits_after_crash > 0)
 
     def _liveness_done(self) -> bool:
         honest = self.honest

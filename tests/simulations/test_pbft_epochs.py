@@ -32,6 +32,9 @@ def test_a_validator_joins_and_one_leaves_safely_and_live_under_faults(seed: int
     assert leaver is not None and leaver.index is None  # passive, and it kept up:
     assert leaver.executed > max(epoch for epoch, _ in report.validator_sets)
     assert leaver.ledger.state_root == scenario.agreed[leaver.executed][1]
+    cores = [scenario.sim.core(a) for a in range(len(scenario.nodes))]
+    stats = [core.statistics() for core in cores if core is not None]
+    assert all(s.peer_errors == 0 for s in stats)  # other epochs' messages: never blamed
 
 
 def test_the_seeds_inject_loss_reordering_partitions_and_crashes() -> None:
@@ -41,6 +44,20 @@ def test_the_seeds_inject_loss_reordering_partitions_and_crashes() -> None:
     assert any(o.crashes for o in options) and any(o.duplication for o in options)
     assert {o.latency_jitter_mean_ms for o in options} >= {5.0, 100.0}
     assert all(o.byzantine == () for o in options)
+
+
+@pytest.mark.parametrize("seed", range(1, 4))
+def test_seven_validators_grow_to_eight_and_shrink_back(seed: int) -> None:
+    scenario, report = run(seed=seed, validators=7)
+    assert report.failures == [], scenario.config.command()
+    assert [size for _, size in report.validator_sets][-1] == 7 and scenario.victim is not None
+
+
+def test_the_planted_quorum_bug_is_still_caught_across_epochs() -> None:
+    caught = [seed for seed in range(30, 42)
+              if any("conflicting blocks" in f for f in run(seed=seed,
+                                                            planted_bug="quorum-2f")[1].failures)]
+    assert caught, "the checker missed a quorum of 2f in 12 epoch-change seeds"
 
 
 def test_worst_case_faults_across_the_boundary() -> None:
