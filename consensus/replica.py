@@ -577,9 +577,11 @@ class Replica(ClientTransactions, ViewChangeAndTransfer, Epochs):
         elif kind is TimerKind.FORWARD:
             self._flush_forwards(out)
         elif kind is TimerKind.RETRANSMIT:
-            if self.index is None or self.phase is Phase.VIEW_CHANGE:
-                self._need_blocks(out)  # passive, or stuck: maybe the others moved on
-            if self.index is not None:
+            if self.index is None:
+                self._need_blocks(out)  # passive: follow
+            else:
+                if self.phase is Phase.VIEW_CHANGE:  # stuck: maybe the others moved on
+                    self._need_blocks(out, self._view_change_timeout())
                 self._retransmit(out)
             self._timer(TimerKind.RETRANSMIT, self.config.retransmit_interval_ms, out)
         # STATE_TRANSFER: expiry only re-allows a request (timer_armed is now False)

@@ -173,10 +173,13 @@ class Epochs:
             self._need_blocks(out)
         return True
 
-    def _need_blocks(self: Replica, out: list[Any]) -> None:
-        """Ask the shell for certified blocks, at most once per retransmit interval."""
+    def _need_blocks(self: Replica, out: list[Any], interval_ms: int | None = None) -> None:
+        """Ask the shell for certified blocks, at most once per ``interval_ms`` (default:
+        the retransmit interval; a stuck view change asks once per view-change timeout,
+        which keeps a busy network from fetching on every tick)."""
         last = self.need_blocks_ms
-        if last is not None and self.now_ms - last < self.config.retransmit_interval_ms:
+        wait_ms = self.config.retransmit_interval_ms if interval_ms is None else interval_ms
+        if last is not None and self.now_ms - last < wait_ms:
             return
         self.need_blocks_ms = self.now_ms
         out.append(NeedBlocks(from_height=self.executed + 1))

@@ -54,10 +54,13 @@ def test_seven_validators_grow_to_eight_and_shrink_back(seed: int) -> None:
 
 
 def test_the_planted_quorum_bug_is_still_caught_across_epochs() -> None:
-    caught = [seed for seed in range(30, 42)
-              if any("conflicting blocks" in f for f in run(seed=seed,
-                                                            planted_bug="quorum-2f")[1].failures)]
-    assert caught, "the checker missed a quorum of 2f in 12 epoch-change seeds"
+    """Without Byzantine replicas a 2f quorum diverges only under unlucky faults (about one
+    seed in twenty here), so look until the first catch."""
+    for seed in range(30, 90):
+        failures = run(seed=seed, planted_bug="quorum-2f")[1].failures
+        if any("conflicting blocks" in f or "does not execute" in f for f in failures):
+            return
+    raise AssertionError("the checker missed a quorum of 2f in 60 epoch-change seeds")
 
 
 def test_worst_case_faults_across_the_boundary() -> None:
