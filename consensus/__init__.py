@@ -9,10 +9,11 @@ only ``store.py`` touches the disk (sqlite3). Modules:
 - ``merkle``: RFC 6962-style tree and membership proofs.
 - ``ledger``: ``LedgerState`` (immutable), ``Block``, account proofs, supply invariant.
 - ``mempool``: the bounded, checked pool of pending transactions.
-- ``messages``: PBFT messages (``prsm/pbft/1``) and their wire codec.
+- ``messages``: PBFT messages (``prsm/pbft/2``, epoch-bound) and their wire codec.
 - ``certificates``: quorums, the signature cache, ``verify_commit_certificate``.
 - ``view_change``: pure view-change / new-view selection.
 - ``replica_effects``: the replica's config, inputs, effects and the shell's contract.
-- ``replica`` (+ ``replica_view``): the sans-IO PBFT replica.
+- ``replica`` (+ ``replica_view``, ``replica_clients``, ``replica_epochs``): the sans-IO
+  PBFT replica; ``replica_epochs`` changes the validator set at epoch boundaries.
 - ``store``: SQLite (WAL) persistence of blocks, ledger and replica safety state.
 """

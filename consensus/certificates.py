@@ -9,6 +9,9 @@ Rules:
    a replica several times: directly, retransmitted, and inside view changes).
 3. Certificate checks never trust a count: they count distinct signers that are validators,
    with valid signatures, over exactly the expected (view, seq, digest).
+4. A cache belongs to one configuration (validator keys and ``epoch``): a message of
+   another epoch fails ``check`` without a signature check, so every certificate (and the
+   messages nested in view changes) is checked against the set that agreed it.
 """
 
 from __future__ import annotations
@@ -51,17 +54,18 @@ def primary_of(view: int, n: int) -> int:
 class SignatureCache:
     """Verifies PBFT signatures once; bounded LRU of verified message digests."""
 
-    __slots__ = ("_verified", "hits", "size_max", "validators", "verified")
+    __slots__ = ("_verified", "epoch", "hits", "size_max", "validators", "verified")
 
-    def __init__(self, validators: tuple[bytes, ...], size_max: int) -> None:
+    def __init__(self, validators: tuple[bytes, ...], size_max: int, epoch: int = 0) -> None:
         self.validators = validators
+        self.epoch = epoch
         self.size_max = size_max
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self.hits = 0
         self.verified = 0
 
     def check(self, message: Signed) -> bool:
-        if not 0 <= message.signer < len(self.validators):
+        if not 0 <= message.signer < len(self.validators) or message.epoch != self.epoch:
             return False
         key = message.digest()
         if key in self._verified:
@@ -106,12 +110,12 @@ def check_commit_certificate(block: Block, certificate: tuple[Signed, ...],
 
 
 def verify_commit_certificate(block: Block, certificate: tuple[Signed, ...],
-                              validators: tuple[bytes, ...]) -> None:
+                              validators: tuple[bytes, ...], epoch: int = 0) -> None:
     """For followers: raises ``CertificateError`` unless 2f+1 validators committed ``block``.
 
-    ``validators`` are the sorted public keys of the validator set that agreed the block
-    (the genesis set, or the ledger's ``validators`` at the block's epoch)."""
-    cache = SignatureCache(validators, len(certificate) + 1)
+    ``validators`` and ``epoch`` are those of the state before the block (the set that
+    agreed it: ``LedgerState.validators`` and ``.epoch`` at ``block.height - 1``)."""
+    cache = SignatureCache(validators, len(certificate) + 1, epoch)
     check_commit_certificate(block, certificate, cache, quorum_size(len(validators)))
 
 
@@ -135,10 +139,13 @@ def check_prepared_proof(proof: PreparedProof, cache: SignatureCache, quorum: in
 
 def check_checkpoint_proof(seq: int, proof: tuple[Signed, ...], cache: SignatureCache,
                            quorum: int) -> bytes | None:
-    """Returns the checkpoint digest proven by ``quorum`` signers (None for seq 0)."""
-    if seq == 0:
-        if proof:
-            raise CertificateError("the genesis checkpoint needs no proof")
+    """Returns the checkpoint digest proven by ``quorum`` signers (None for the start of
+    the cache's epoch: genesis, or the block that installed this configuration, which
+    every member executed before it could speak in the epoch: it needs no proof)."""
+    if seq <= cache.epoch:
+        if proof or seq < cache.epoch:
+            raise CertificateError("the epoch's first checkpoint needs no proof, and an "
+                                   "older one is of another configuration")
         return None
     if not proof or type(proof[0].body) is not Checkpoint:
         raise CertificateError("checkpoint proof holds CHECKPOINT messages")

@@ -5,7 +5,7 @@ Rules:
    point, or all bytes, sorted bytewise), tuples as arrays, and no floats anywhere: floats
    are refused, never rounded, so every node computes the same bytes for the same value.
 2. A signature is ``ed25519(key, domain || canonical(body))``; the domain (``prsm/tx/1``,
-   ``prsm/pbft/1``) makes a signature for one object kind useless for any other.
+   ``prsm/pbft/2``) makes a signature for one object kind useless for any other.
 3. No clock, no randomness: ``Ed25519Signer`` wraps a key the caller owns.
 """
 

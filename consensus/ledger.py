@@ -29,6 +29,9 @@ Rules:
    whose height is a multiple of ``epoch_length_blocks`` the active set becomes the flagged
    accounts with ``staked >= validator_stake_min``, the ``validators_max`` largest stakes
    (ties by key), sorted by key. An empty result keeps the old set (the chain must not halt).
+   When the set changes, ``epoch`` becomes that block's height: the set in a state after
+   block h agrees block h+1, and ``epoch`` names that configuration (0 = genesis). Both
+   are in the state root (``validators_digest``), so a snapshot proves its epoch too.
 7. Block execution order: unbonding releases (by height), then the due job timers at the
    block's ``timestamp_ms`` (which is the state's time from the start: transactions are
    checked against it), then the transactions, then fees and the epoch.
@@ -195,6 +198,7 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
         "_timers",
         "accounts",
         "changed_keys",
+        "epoch",
         "genesis",
         "height",
         "jobs",
@@ -230,6 +234,8 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
             previous = self.accounts.get(key, Account())
             self.accounts[key] = Account(balance=previous.balance, staked=stake, validator=True)
         self.validators: tuple[bytes, ...] = genesis.validator_keys()
+        self.epoch = 0
+        """The height after which ``validators`` took over (rule 6; 0 = genesis)."""
         self.total_supply = genesis.total_supply
         self._delta = 0
         self._keys_owned = True
@@ -254,7 +260,7 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
         return self.accounts.get(key, Account())
 
     def _validators_digest(self) -> bytes:
-        return sha256(canonical(list(self.validators)))
+        return sha256(canonical([self.epoch, list(self.validators)]))
 
     def _compute_root(self) -> bytes:
         accounts_root = merkle.root_of_hashes([self._leaves[k] for k in self.keys])
@@ -446,8 +452,9 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
                     and self.accounts[k].staked >= params.validator_stake_min]
         eligible.sort()
         chosen = tuple(sorted(k for _, k in eligible[:params.validators_max]))
-        if chosen:
+        if chosen and chosen != self.validators:
             self.validators = chosen
+            self.epoch = self.height
 
     def _execute(self, timestamp_ms: int, txs: Iterable[SignedTx], batch_max: int,
                  strict: bool) -> tuple[LedgerState, list[SignedTx]]:
@@ -525,7 +532,8 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
         """Plain (msgpack-able) state, for the store and for state transfer."""
         return {"height": self.height, "last_block_hash": self.last_block_hash,
                 "last_timestamp_ms": self.last_timestamp_ms,
-                "validators": list(self.validators), "state_root": self.state_root,
+                "validators": list(self.validators), "epoch": self.epoch,
+                "state_root": self.state_root,
                 "accounts": [self.accounts[k].to_plain(k) for k in self.keys],
                 **self.market_snapshot()}
 
@@ -538,6 +546,9 @@ class LedgerState(LedgerJobs, JobChecks, JobQueries):
             state.last_block_hash = bytes(plain["last_block_hash"])
             state.last_timestamp_ms = plain["last_timestamp_ms"]
             state.validators = tuple(bytes(k) for k in plain["validators"])
+            state.epoch = plain["epoch"]
+            if type(state.epoch) is not int or not 0 <= state.epoch <= state.height:
+                raise ValueError("epoch must be an int in 0..height")
             state.accounts = dict(Account.from_plain(a) for a in plain["accounts"])
             state.market_from_snapshot(plain)
         except (KeyError, TypeError, ValueError) as error:

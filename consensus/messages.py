@@ -1,10 +1,15 @@
-"""PBFT messages: bodies, ``prsm/pbft/1`` signed envelopes, the wire codec and its checks.
+"""PBFT messages: bodies, ``prsm/pbft/2`` signed envelopes, the wire codec and its checks.
 
 Rules:
 1. Every body is a frozen, slotted, keyword-only dataclass. A signed message is
-   ``Signed(body, signer, signature, encoded)`` with ``encoded = canonical(body.to_plain())``
-   and ``signature = ed25519(validator[signer], b"prsm/pbft/1" || encoded)``; ``signer`` is
-   the replica index (position in the sorted validator keys).
+   ``Signed(body, signer, signature, encoded, epoch)`` with ``encoded = canonical([epoch,
+   body.to_plain()])`` and ``signature = ed25519(validator[signer], b"prsm/pbft/2" ||
+   encoded)``; ``signer`` is the replica index (position in the sorted validator keys of
+   that epoch) and ``epoch`` names the configuration (``LedgerState.epoch``: the height
+   after which that validator set took over). The epoch is signed, so a message of one
+   configuration is never valid in another, and it is readable before any signature check,
+   so a receiver drops another epoch's messages unverified (``replica_epochs.py``).
+   Version 2 of the domain: version 1 signed the body alone.
 2. On the wire a signed message is the msgpack array ``[encoded, signer, signature]``; the
    decoder checks the frame size first, then every field's type and range, and raises
    ``PeerProtocolError``; nested messages (view changes carry pre-prepares and prepares) are
@@ -31,7 +36,8 @@ from consensus.codec import HASH_SIZE, SIGNATURE_SIZE, Signer, canonical, sha256
 from consensus.errors import PeerProtocolError
 from consensus.ledger import Block
 
-PBFT_DOMAIN = b"prsm/pbft/1"
+PBFT_DOMAIN = b"prsm/pbft/2"
+EPOCH_MAX = 2**63 - 1  # a block height; msgpack's signed 64-bit range
 FRAME_SIZE_MAX = 64 * 1024 * 1024
 """A state reply carries a snapshot plus blocks; the shell's frame cap (DESIGN.md) bounds it."""
 NESTING_MAX = 3  # NEW-VIEW > VIEW-CHANGE > PRE-PREPARE
@@ -43,6 +49,7 @@ class Signed:
     signer: int
     signature: bytes
     encoded: bytes
+    epoch: int = 0
 
     def to_plain(self) -> list[Any]:
         return [self.encoded, self.signer, self.signature]
@@ -52,9 +59,9 @@ class Signed:
         return sha256(self.encoded + self.signature)
 
 
-def sign_message(body: Any, signer_index: int, signer: Signer) -> Signed:
-    encoded = canonical(body.to_plain())
-    return Signed(body=body, signer=signer_index, encoded=encoded,
+def sign_message(body: Any, signer_index: int, signer: Signer, epoch: int = 0) -> Signed:
+    encoded = canonical([epoch, body.to_plain()])
+    return Signed(body=body, signer=signer_index, encoded=encoded, epoch=epoch,
                   signature=sign_bytes(signer, PBFT_DOMAIN, encoded))
 
 
@@ -213,11 +220,15 @@ def decode_signed(plain: Any, depth: int = 0) -> Signed:
         raise ValueError("a signed message is [bytes, int, bytes]")
     if len(signature) != SIGNATURE_SIZE:
         raise ValueError("a signature is 64 bytes")
-    body_plain = msgpack.unpackb(encoded, raw=False, use_list=False, strict_map_key=False)
+    epoch, body_plain = _list(msgpack.unpackb(encoded, raw=False, use_list=False,
+                                              strict_map_key=False), 2)
+    if _int(epoch) > EPOCH_MAX:
+        raise ValueError("epoch out of range")
     body = decode_body(body_plain, depth)
-    if canonical(body.to_plain()) != encoded:
+    if canonical([epoch, body.to_plain()]) != encoded:
         raise ValueError("the body encoding is not canonical")
-    return Signed(body=body, signer=_int(signer), signature=signature, encoded=encoded)
+    return Signed(body=body, signer=_int(signer), signature=signature, encoded=encoded,
+                  epoch=epoch)
 
 
 def _signed_list(value: Any, depth: int, size_max: int = 1024) -> tuple[Signed, ...]:

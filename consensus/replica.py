@@ -29,19 +29,15 @@ Liveness: a progress timer (work pending, no block executed) starts a view chang
 view change that does not complete doubles its timeout and moves to the next view; f+1
 view changes for higher views make a replica join (section 4.5.2). Lost messages are
 resent on a retransmit timer; a replica that sees sequence numbers beyond its next asks
-the sender for blocks (STATE-REQUEST), or for the stable checkpoint's snapshot.
+the sender for blocks (STATE-REQUEST), or for the stable checkpoint's snapshot. The
+validator set changes at epoch boundaries: ``replica_epochs.py`` (a mixin) has the rules.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from consensus.certificates import (
-    SignatureCache,
-    fault_tolerance,
-    primary_of,
-    quorum_size,
-)
+from consensus.certificates import SignatureCache, primary_of
 from consensus.codec import Signer
 from consensus.errors import PeerProtocolError, ReplicaStateError
 from consensus.genesis import Genesis
@@ -66,6 +62,7 @@ from consensus.replica_clients import ClientTransactions
 from consensus.replica_effects import (
     BlockCommitted,
     Broadcast,
+    CertifiedBlocksReceived,
     ClientRequest,
     Effect,
     Equivocation,
@@ -84,7 +81,9 @@ from consensus.replica_effects import (
     TimerFired,
     TimerId,
     TimerKind,
+    ValidatorsChanged,
 )
+from consensus.replica_epochs import Epochs
 from consensus.replica_view import TRANSITIONS, Phase, Trigger, ViewChangeAndTransfer
 
 CHECKPOINT_STATES_MAX = 8
@@ -116,22 +115,25 @@ class Slot:
                           prepared=self.prepared)
 
 
-class Replica(ClientTransactions, ViewChangeAndTransfer):
-    """One PBFT validator; see the module rules (view change and state transfer live in
-    ``replica_view.py``, a mixin, to keep each module under the size rule)."""
+class Replica(ClientTransactions, ViewChangeAndTransfer, Epochs):
+    """One PBFT validator (or a passive non-member); see the module rules (view change and
+    state transfer live in ``replica_view.py``, epochs in ``replica_epochs.py``: mixins,
+    to keep each module under the size rule)."""
 
-    def __init__(self, *, index: int, signer: Signer, genesis: Genesis,
-                 config: ReplicaConfig | None = None, recovered: Recovered | None = None) -> None:
+    validators: tuple[bytes, ...]
+    epoch: int
+    n: int
+    f: int
+    quorum: int
+    cache: SignatureCache
+    index: int | None
+    """Our position in ``validators``; None: not a member of this epoch's set (passive)."""
+
+    def __init__(self, *, signer: Signer, genesis: Genesis, config: ReplicaConfig | None = None,
+                 recovered: Recovered | None = None, index: int | None = None) -> None:
         self.config = config or ReplicaConfig()
         self.genesis = genesis
-        self.validators = genesis.validator_keys()
-        assert self.validators[index] == signer.public_key, "signer is not validator[index]"
-        self.index = index
         self.signer = signer
-        self.n = len(self.validators)
-        self.f = fault_tolerance(self.n)
-        self.quorum = quorum_size(self.n, self.config.planted_bug)
-        self.cache = SignatureCache(self.validators, self.config.signature_cache_max)
         self.mempool = Mempool(self.config.mempool_max, self.config.mempool_per_sender_max)
         self.now_ms = 0
         self.phase = Phase.NORMAL
@@ -165,26 +167,21 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         self.ledger_timer_at: int | None = None  # the job timer the LEDGER timer is set for
         self._view_change_cache: tuple[tuple[int, int, int], Signed] | None = None
         self.state_transfer_peer = 0
-        self.counters = dict.fromkeys(("view_changes_started", "peer_errors",
-                                       "state_transfers"), 0)
+        self.need_blocks_ms: int | None = None
+        self.counters = dict.fromkeys((
+            "view_changes_started", "peer_errors", "state_transfers", "reconfigurations",
+            "messages_other_epoch", "messages_from_non_members", "blocks_fetched",
+            "blocks_rejected"), 0)
+        if recovered is not None and recovered.ledger is not None:  # None: no block yet
+            self.ledger = recovered.ledger
+        self._configure(self.ledger)
+        assert index is None or index == self.index, "signer is not validator[index]"
         if recovered is not None:
             self._recover(recovered)
 
     def _recover(self, recovered: Recovered) -> None:
-        self.view = recovered.view
-        self.phase = Phase.VIEW_CHANGE if recovered.in_view_change else Phase.NORMAL
-        if recovered.ledger is not None:  # None: crashed before its first block
-            self.ledger = recovered.ledger
         self.last_certificate = recovered.last_certificate
-        self.stable_seq = recovered.stable_seq
-        self.stable_block = recovered.stable_block
-        self.stable_proof = recovered.stable_proof
-        self.stable_state = recovered.stable_state
-        for record in recovered.slots:
-            if record.seq > self.stable_seq:
-                slot = Slot(record.pre_prepare, record.prepared)
-                slot.prepare_sent = slot.commit_sent = False
-                self.slots[record.seq] = slot
+        self._recover_epoch(recovered)
         for block, certificate in recovered.recent_blocks:
             self.recent[block.height] = CertifiedBlock(block=block, certificate=certificate)
 
@@ -194,7 +191,9 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         self.now_ms = max(self.now_ms, now_ms)
         out: list[Effect] = []
         kind = type(event)
-        if kind is MessageReceived:
+        if self.index is None and kind is ClientRequest:
+            self._on_passive_input(event, out)
+        elif kind is MessageReceived:
             try:
                 self._on_message(event, out)  # type: ignore[arg-type]
             except PeerProtocolError as error:
@@ -206,6 +205,8 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
             self._on_timer(event.timer, out)  # type: ignore[attr-defined]
         elif kind is Start:
             self._on_start(out)
+        elif kind is CertifiedBlocksReceived:
+            self._on_certified_blocks(event, out)  # type: ignore[arg-type]
         else:
             raise TypeError(f"unknown replica input {kind.__name__}")
         self._progress(out)
@@ -227,7 +228,8 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         return primary_of(self.view if view is None else view, self.n)
 
     def _sign(self, body: object) -> Signed:
-        message = sign_message(body, self.index, self.signer)
+        assert self.index is not None, "a passive replica signs nothing"
+        message = sign_message(body, self.index, self.signer, self.epoch)
         self.cache._verified[message.digest()] = None  # our own signature needs no check
         return message
 
@@ -248,6 +250,11 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
 
     def _on_start(self, out: list[Effect]) -> None:
         self._timer(TimerKind.RETRANSMIT, self.config.retransmit_interval_ms, out)
+        out.append(ValidatorsChanged(epoch=self.epoch, validators=self.validators,
+                                     index=self.index))
+        if self.index is None:
+            self._need_blocks(out)
+            return
         if self.phase is Phase.VIEW_CHANGE:
             message = self._view_change_message()
             self.view_changes.setdefault(self.view, {})[self.index] = message
@@ -257,6 +264,11 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
 
     def _on_message(self, event: MessageReceived, out: list[Effect]) -> None:
         message, peer = event.message, event.peer
+        if self._other_epoch(message, out):
+            return
+        if peer is None or self.index is None:
+            self.counters["messages_from_non_members"] += 1
+            return
         if message.signer != peer:
             raise PeerProtocolError(peer, "message signed by another replica")
         self._verify(message, peer)
@@ -403,7 +415,7 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
             self._validate(out)
         self._maybe_propose(out)
         if (not self.timer_armed[TimerKind.PROGRESS] and self.phase is Phase.NORMAL
-                and self._work_pending()):
+                and self.index is not None and self._work_pending()):
             self.progress_mark = self.executed
             self._timer(TimerKind.PROGRESS, self._view_change_timeout(), out)
 
@@ -423,7 +435,7 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         at_checkpoint = block.height % self.config.checkpoint_interval == 0
         full_prune = snapshot_installed or at_checkpoint
         self.mempool.prune(state, None if full_prune else state.changed_keys)
-        if at_checkpoint:
+        if at_checkpoint and self.index is not None:
             self.checkpoint_states[block.height] = (block, state)
             while len(self.checkpoint_states) > CHECKPOINT_STATES_MAX:  # never stable: drop
                 del self.checkpoint_states[min(self.checkpoint_states)]
@@ -431,6 +443,8 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
                                                         digest=block.block_hash))
             out.append(Broadcast(message=self.own_checkpoint))
             self._record_checkpoint_vote(self.own_checkpoint, out)
+        if state.epoch != self.epoch:
+            self._reconfigure(block, state, out)
 
     def _maybe_propose(self, out: list[Effect]) -> None:
         seq = self.executed + 1
@@ -551,6 +565,7 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         elif kind is TimerKind.PROGRESS:
             if self.phase is Phase.NORMAL and self.executed == self.progress_mark \
                     and self._work_pending():
+                self._need_blocks(out)  # maybe the others moved to another epoch
                 self._suspect(out)
         elif kind is TimerKind.VIEW_CHANGE:
             if self.phase is Phase.VIEW_CHANGE:
@@ -561,7 +576,12 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         elif kind is TimerKind.FORWARD:
             self._flush_forwards(out)
         elif kind is TimerKind.RETRANSMIT:
-            self._retransmit(out)
+            if self.index is None:
+                self._need_blocks(out)  # passive: follow
+            else:
+                if self.phase is Phase.VIEW_CHANGE:  # stuck: maybe the others moved on
+                    self._need_blocks(out, self._view_change_timeout())
+                self._retransmit(out)
             self._timer(TimerKind.RETRANSMIT, self.config.retransmit_interval_ms, out)
         # STATE_TRANSFER: expiry only re-allows a request (timer_armed is now False)
 
@@ -595,8 +615,14 @@ class Replica(ClientTransactions, ViewChangeAndTransfer):
         self.retransmit_mark = self.executed
 
     def statistics(self) -> ReplicaStatistics:
+        counters = self.counters
         return ReplicaStatistics(
-            view=self.view, phase=self.phase.value, executed_height=self.executed,
+            epoch=self.epoch, validator_index=self.index, validators=self.n,
+            messages_other_epoch=counters["messages_other_epoch"],
+            messages_from_non_members=counters["messages_from_non_members"],
+            blocks_fetched=counters["blocks_fetched"],
+            blocks_rejected=counters["blocks_rejected"], view=self.view,
+            phase=self.phase.value, executed_height=self.executed,
             stable_seq=self.stable_seq, mempool_size=len(self.mempool),
             view_changes_started=self.counters["view_changes_started"],
             peer_errors=self.counters["peer_errors"], evidence=len(self.evidence),

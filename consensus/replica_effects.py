@@ -24,6 +24,13 @@ The shell's contract (what ``prsm_node`` or the simulator must do with each effe
 - ``ClientCommitted`` / ``ClientRejected``: answer the control-API call ``request_id``.
 - ``EvidenceFound(evidence)``: log it and keep it (equivocation proof, two signed messages).
 - ``PeerMisbehaved(peer, reason)``: score the peer down.
+- ``ValidatorsChanged(epoch, validators, index)``: the configuration changed (also emitted
+  at ``Start``): from now on replica index i is ``validators[i]``; map peers to indices by
+  it, drop frames from non-members, and if ``index`` is None this node is passive (no votes;
+  it keeps its ledger current by ``NeedBlocks``).
+- ``NeedBlocks(from_height)``: we are behind across an epoch (or passive, or stuck): fetch
+  certified blocks from ``from_height`` on from any node and feed them back as
+  ``CertifiedBlocksReceived`` (the core checks every certificate; the source is untrusted).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from consensus.ledger import Block, LedgerState
-from consensus.messages import PreparedProof, Signed
+from consensus.messages import CertifiedBlock, PreparedProof, Signed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,9 +120,17 @@ class Start:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageReceived:
-    peer: int
-    """Replica index of the authenticated connection it came from."""
+    peer: int | None
+    """Replica index of the authenticated connection it came from, in the receiver's
+    current configuration; None: the sender is not a member (only its epoch is read)."""
     message: Signed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertifiedBlocksReceived:
+    """Blocks the shell fetched after a ``NeedBlocks`` (from any node: untrusted)."""
+
+    blocks: tuple[CertifiedBlock, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +178,8 @@ class SlotRecord:
 class PersistView:
     view: int
     in_view_change: bool
+    epoch: int = 0
+    """The configuration the view belongs to: a view of an older epoch is not recovered."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +249,19 @@ class PeerMisbehaved:
     reason: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidatorsChanged:
+    epoch: int
+    validators: tuple[bytes, ...]
+    index: int | None
+    """Our index in ``validators``; None: not a member (passive)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NeedBlocks:
+    from_height: int
+
+
 # -- recovery -----------------------------------------------------------------------------
 
 
@@ -249,10 +279,15 @@ class Recovered:
     stable_state: LedgerState | None
     slots: tuple[SlotRecord, ...]
     recent_blocks: tuple[tuple[Block, tuple[Signed, ...]], ...] = ()
+    view_epoch: int = 0
+    """The epoch ``view`` was persisted in (``PersistView.epoch``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReplicaStatistics:
+    epoch: int
+    validator_index: int | None
+    validators: int
     view: int
     phase: str
     executed_height: int
@@ -264,7 +299,11 @@ class ReplicaStatistics:
     state_transfers: int
     signatures_verified: int
     signature_cache_hits: int
+    messages_other_epoch: int
+    messages_from_non_members: int
+    blocks_fetched: int
+    blocks_rejected: int
 
 
-Input = Start | MessageReceived | ClientRequest | TimerFired
+Input = Start | MessageReceived | ClientRequest | TimerFired | CertifiedBlocksReceived
 Effect = Any

@@ -95,7 +95,7 @@ class ViewChangeAndTransfer:
         self.own_view_changes[new_view] = message
         while len(self.own_view_changes) > VIEW_CHANGE_VIEWS_MAX:
             self.own_view_changes.popitem(last=False)
-        out.append(PersistView(view=new_view, in_view_change=True))
+        out.append(PersistView(view=new_view, in_view_change=True, epoch=self.epoch))
         out.append(Broadcast(message=message))
         self.timer_generation[TimerKind.VIEW_CHANGE] += 1
         self.timer_armed[TimerKind.VIEW_CHANGE] = False
@@ -117,8 +117,9 @@ class ViewChangeAndTransfer:
         cached = self._view_change_cache
         if cached is not None and cached[0] == key:
             return cached[1]
-        message = self._sign(ViewChange(new_view=self.view, stable_seq=self.stable_seq,
-                                        checkpoint_proof=self.stable_proof,
+        stable_seq, proof = self._reported_stable()
+        message = self._sign(ViewChange(new_view=self.view, stable_seq=stable_seq,
+                                        checkpoint_proof=proof,
                                         prepared=prepared))  # type: ignore[arg-type]
         self._view_change_cache = (key, message)
         return message
@@ -226,7 +227,7 @@ class ViewChangeAndTransfer:
         self.view = view
         self.timer_generation[TimerKind.VIEW_CHANGE] += 1
         self.timer_armed[TimerKind.VIEW_CHANGE] = False
-        out.append(PersistView(view=view, in_view_change=False))
+        out.append(PersistView(view=view, in_view_change=False, epoch=self.epoch))
         for table in (self.prepares, self.commits):
             for key in [k for k in table if k[0] < view]:
                 del table[key]
@@ -267,7 +268,8 @@ class ViewChangeAndTransfer:
         checkpoint_block, proof, snapshot = None, (), None
         oldest = min(self.recent) if self.recent else self.executed + 1
         if start < oldest:
-            if self.stable_block is None or self.stable_state is None:
+            if self.stable_block is None or self.stable_state is None \
+                    or not self.stable_proof:  # the epoch's start: others have it
                 return
             checkpoint_block, proof = self.stable_block, self.stable_proof
             snapshot = self.stable_state.snapshot()

@@ -133,7 +133,7 @@ class LedgerStore:
     def _write(self, effect: Any) -> None:
         kind = type(effect)
         if kind is PersistView:
-            self._set_meta("view", [effect.view, effect.in_view_change])
+            self._set_meta("view", [effect.view, effect.in_view_change, effect.epoch])
         elif kind is PersistSlot:
             self._conn.execute("INSERT OR REPLACE INTO slots VALUES (?, ?)",
                                (effect.record.seq, _pack(_slot_plain(effect.record))))
@@ -166,6 +166,7 @@ class LedgerStore:
                                   "last_block_hash": state.last_block_hash,
                                   "last_timestamp_ms": state.last_timestamp_ms,
                                   "validators": list(state.validators),
+                                  "epoch": state.epoch,
                                   "state_root": state.state_root})
 
     def _write_market(self, state: LedgerState, rewrite: bool) -> None:
@@ -229,7 +230,8 @@ class LedgerStore:
         ledger = self.ledger()
         if view_row is None and ledger.height == 0:
             return None
-        view, in_view_change = view_row if view_row is not None else (0, False)
+        view, in_view_change, view_epoch = (0, False, 0) if view_row is None else (
+            *view_row, 0)[:3]  # rows written before epochs have no third field
         head = self.block(ledger.height) if ledger.height else None
         if ledger.height:
             assert head is not None and head[0].block_hash == ledger.last_block_hash, \
@@ -251,4 +253,5 @@ class LedgerStore:
         return Recovered(view=view, in_view_change=bool(in_view_change), ledger=ledger,
                          last_certificate=head[1] if head else (), stable_seq=stable_seq,
                          stable_block=stable_block, stable_proof=stable_proof,
-                         stable_state=stable_state, slots=slots, recent_blocks=recent)
+                         stable_state=stable_state, slots=slots, recent_blocks=recent,
+                         view_epoch=view_epoch)

@@ -119,6 +119,20 @@ def tx_unstake(
     _submit("tx_unstake", {"amount": amount}, data_dir, json_output, wait_s)
 
 
+@tx_app.command("register-validator")
+def tx_register_validator(
+    data_dir: DataDirOption = None,
+    json_output: JsonOption = False,
+    wait_s: WaitOption = 30.0,
+) -> None:
+    """Ask to join the validator set: the account needs validator_stake_min staked, and it
+    joins at the next epoch boundary (genesis epoch_length_blocks)."""
+    result = _call(data_dir, "tx_register_validator", {"wait_s": wait_s}, timeout_s=wait_s + 10)
+    lines = [f"committed register_validator at height {result['height']}",
+             f"tx {result['tx_hash']}"]
+    _emit(result, json_output, lines)
+
+
 @ledger_app.command("head")
 def ledger_head(data_dir: DataDirOption = None, json_output: JsonOption = False) -> None:
     """The latest committed block: height, hash and state root."""

@@ -1,5 +1,5 @@
 """Control methods of the ledger: wallet_address, wallet_balance, tx_transfer, tx_stake,
-tx_unstake, ledger_head, ledger_block, ledger_validators. Documented in
+tx_unstake, tx_register_validator, ledger_head, ledger_block, ledger_validators. Documented in
 docs/control-api.md.
 
 Amounts cross the API as decimal strings: FTNS with up to 18 decimals ("12.5") in, and
@@ -12,6 +12,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from consensus.certificates import quorum_size
 from consensus.genesis import UNITS_PER_FTNS
 from consensus.ledger import Account, verify_account_proof
 from consensus.tx import TxKind, decode_tx
@@ -93,6 +94,7 @@ class LedgerMethods:
         )
         dispatcher.register("tx_stake", self.tx_stake, [Param("amount", str), wait])
         dispatcher.register("tx_unstake", self.tx_unstake, [Param("amount", str), wait])
+        dispatcher.register("tx_register_validator", self.tx_register_validator, [wait])
         dispatcher.register("ledger_head", self.ledger_head)
         dispatcher.register("ledger_block", self.ledger_block, [Param("height", int)])
         dispatcher.register("ledger_validators", self.ledger_validators)
@@ -154,6 +156,11 @@ class LedgerMethods:
     async def tx_unstake(self, amount: str, wait_s: float = 30.0) -> dict[str, Any]:
         return await self._submit(TxKind.UNSTAKE, parse_ftns(amount), b"", wait_s)
 
+    async def tx_register_validator(self, wait_s: float = 30.0) -> dict[str, Any]:
+        """Flag this node's account as a validator candidate; it joins the set at the next
+        epoch boundary if its stake is at least `validator_stake_min`."""
+        return await self._submit(TxKind.REGISTER_VALIDATOR, 0, b"", wait_s)
+
     async def _submit(self, kind: TxKind, amount: int, to: bytes, wait_s: float) -> dict[str, Any]:
         _check_wait(wait_s)
         try:
@@ -178,7 +185,8 @@ class LedgerMethods:
             "block_hash": state.last_block_hash.hex(),
             "state_root": state.state_root.hex(),
             "validator_index": self._ledger.index,
-            "view": replica.view if replica is not None else None,
+            "view": replica.view if self._ledger.index is not None else None,
+            "epoch": replica.epoch,
             "supply": format_ftns(state.supply_now()),
         }
 
@@ -204,6 +212,8 @@ class LedgerMethods:
         keys = self._ledger.validator_keys
         f = (len(keys) - 1) // 3
         return {
+            "epoch": self._ledger.epoch,
+            "height": self._ledger.ledger().height,
             "validators": [
                 {"index": index, "public_key": key.hex(), "peer_id": peer_id}
                 for index, (key, peer_id) in enumerate(
@@ -211,7 +221,7 @@ class LedgerMethods:
                 )
             ],
             "f": f,
-            "quorum": 2 * f + 1,
+            "quorum": quorum_size(len(keys)),  # 2f+1 when n = 3f+1; 4 of 5
         }
 
 

@@ -3,11 +3,15 @@
 `/prsm/ledger/1.0.0` request `{"from": height, "count": n}` (n <= BLOCKS_PER_REQUEST_MAX);
 answer `{"blocks": [bytes, ...]}` from the answerer's store, in height order, each the
 msgpack of `[block, [commit, ...]]` as the consensus codec writes it (decoded with its own
-rules: tuples, canonical bodies, size caps). Any node with blocks serves it. A follower
-checks each block's commit certificate (2f+1 COMMITs by the genesis validators,
-`verify_commit_certificate`), re-executes it (`apply_block` checks the state root), and only
-then writes it to its own store; one bad block and the answer is the peer's fault (scored
-down), nothing of it is kept.
+rules: tuples, canonical bodies, size caps). Any node with blocks serves it.
+
+The ledger service feeds decoded blocks (`decode_blocks`) to its replica, passive or not
+(`CertifiedBlocksReceived`, after a `NeedBlocks`), which checks each block's certificate
+against the configuration of the state before it and re-executes it. `checked_blocks` does
+the same checks outside a replica: each certificate must hold a quorum of COMMITs by the
+validator set, and of the epoch, that the state before the block names (the set changes at
+epoch boundaries: consensus/replica_epochs.py), and `apply_block` checks the state root.
+One bad block and the answer is the peer's fault (scored down), nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import trio
 
 from consensus.certificates import CertificateError, verify_commit_certificate
 from consensus.ledger import Block, BlockInvalid, LedgerState
-from consensus.messages import decode_signed
+from consensus.messages import CertifiedBlock, decode_signed
 from consensus.replica_effects import PersistBlock
 from consensus.store import LedgerStore
 from prsm_node.errors import PeerProtocolError
@@ -56,15 +60,13 @@ async def serve_blocks(store: LedgerStore, peer: str, payload: Any) -> dict[str,
     return {"blocks": await trio.to_thread.run_sync(read)}
 
 
-def checked_blocks(
-    peer: str, answer: Any, state: LedgerState, validators: tuple[bytes, ...]
-) -> tuple[LedgerState, list[PersistBlock]]:
-    """Verify an answer block by block; the state after the last and what to persist."""
+def decode_blocks(peer: str, answer: Any) -> tuple[CertifiedBlock, ...]:
+    """Decode an answer (nothing verified yet: the replica checks every certificate)."""
     if not isinstance(answer, dict) or not isinstance(answer.get("blocks"), list):
         raise PeerProtocolError(peer, "ledger: answer must be {'blocks': [...]}")
     if len(answer["blocks"]) > BLOCKS_PER_REQUEST_MAX:
         raise PeerProtocolError(peer, "ledger: more blocks than asked for")
-    writes = []
+    blocks = []
     for item in answer["blocks"]:
         try:
             if not isinstance(item, bytes) or len(item) > CERTIFIED_BLOCK_BYTES_MAX:
@@ -74,16 +76,24 @@ def checked_blocks(
             )
             block = Block.from_plain(block_plain)
             certificate = tuple(decode_signed(plain) for plain in certificate_plain)
-            verify_commit_certificate(block, certificate, validators)
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as error:
+            raise PeerProtocolError(peer, f"ledger: bad certified block: {error}") from None
+        blocks.append(CertifiedBlock(block=block, certificate=certificate))
+    return tuple(blocks)
+
+
+def checked_blocks(
+    peer: str, answer: Any, state: LedgerState
+) -> tuple[LedgerState, list[PersistBlock]]:
+    """Verify an answer block by block, each against the configuration of the state
+    before it; the state after the last and what to persist."""
+    writes = []
+    for certified in decode_blocks(peer, answer):
+        block, certificate = certified.block, certified.certificate
+        try:
+            verify_commit_certificate(block, certificate, state.validators, state.epoch)
             state = state.apply_block(block)
-        except (
-            ValueError,
-            TypeError,
-            KeyError,
-            msgpack.UnpackException,
-            CertificateError,
-            BlockInvalid,
-        ) as error:
+        except (CertificateError, BlockInvalid) as error:
             raise PeerProtocolError(peer, f"ledger: bad certified block: {error}") from None
         writes.append(PersistBlock(block=block, certificate=certificate, state=state))
     return state, writes

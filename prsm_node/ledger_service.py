@@ -1,5 +1,5 @@
 """The ledger service: drives the pure PBFT replica (`consensus.replica`) over
-`/prsm/pbft/1.0.0` on the wire, with its SQLite store, and answers wallet/tx/ledger calls.
+`/prsm/pbft/2.0.0` on the wire, with its SQLite store, and answers wallet/tx/ledger calls.
 
 The shell's contract (consensus/replica_effects.py) and how it is kept:
 - Effects are performed in list order, and every Persist* is durable before the next
@@ -10,7 +10,17 @@ The shell's contract (consensus/replica_effects.py) and how it is kept:
 - Send/Broadcast only start a send task (a message is one wire request, answered with an
   empty ack); losing one is fine, the replica retransmits. Sends in flight are capped.
 - Validators are addressed by public key: the node key is both the libp2p identity and
-  the validator key, so replica i's peer id follows from the i-th validator key.
+  the validator key, so replica i's peer id follows from the i-th validator key of the
+  replica's current configuration (`ValidatorsChanged`, also emitted at start; the mapping
+  changes in effect order, under the lock, so it always matches the replica's epoch).
+- Every node runs a replica; outside the validator set it is passive (consensus/
+  replica_epochs.py): it votes on nothing and asks for certified blocks (`NeedBlocks`),
+  which this service fetches from the validators over `/prsm/ledger/1.0.0` and feeds back.
+  So a follower whose ledger makes it a member starts voting at the boundary, and a
+  validator that leaves the set keeps its ledger current, without a restart.
+- PBFT frames from peers outside the current set are dropped and counted, not penalised:
+  after a set change honest nodes of the other epoch still send them for a while. Their
+  epoch is still read (a newer one means we are behind).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from prsm_node.ledger_follow import (
     BLOCKS_PER_REQUEST_MAX,
     FOLLOW_INTERVAL_S,
     LEDGER_PROTOCOL,
-    checked_blocks,
+    decode_blocks,
     serve_blocks,
 )
 from prsm_node.net.peers import PeerManager
@@ -53,12 +63,15 @@ from prsm_node.net.wire import RequestFailed, Wire
 
 log = structlog.get_logger(__name__)
 
-PBFT_PROTOCOL = "/prsm/pbft/1.0.0"
+PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
 SENDS_IN_FLIGHT_MAX = 512
 CLIENTS_WAITING_MAX = 4096
+FETCH_ROUNDS_MAX = 16
+"""Block requests per `NeedBlocks` (64 blocks each): the replica asks again on its next
+retransmit tick if it is still behind."""
 PERSIST_EFFECTS = (rx.PersistView, rx.PersistSlot, rx.PersistCheckpoint, rx.PersistBlock)
 
 
@@ -96,20 +109,16 @@ class LedgerService:
         self.genesis = genesis
         self.signer = Ed25519Signer.from_seed(seed)
         self._wire, self._peers, self._dht, self._host = wire, peers, dht, host
-        self.validator_keys = genesis.validator_keys()
-        self._peer_of_index = [peer_id_of_key(key) for key in self.validator_keys]
-        self._index_of_peer = {peer: index for index, peer in enumerate(self._peer_of_index)}
-        self.index = self._index_of_peer.get(peer_id_of_key(self.signer.public_key))
         self.store = LedgerStore(data_dir / STORE_FILE_NAME, genesis)
-        self.replica: Replica | None = None
-        if self.index is not None:
-            self.replica = Replica(
-                index=self.index,
-                signer=self.signer,
-                genesis=genesis,
-                config=config,
-                recovered=self.store.recover(),
-            )
+        self.replica = Replica(
+            signer=self.signer, genesis=genesis, config=config, recovered=self.store.recover()
+        )
+        self.epoch = -1
+        self.validator_keys: tuple[bytes, ...] = ()
+        self._peer_of_index: list[str] = []
+        self._index_of_peer: dict[str, int] = {}
+        self.index: int | None = None
+        self._configure(self.replica.epoch, self.replica.validators, self.replica.index)
         self._lock = trio.Lock()
         self._timers: list[tuple[int, int, rx.TimerId]] = []
         self._timer_order = itertools.count()
@@ -118,8 +127,10 @@ class LedgerService:
         self._request_ids = itertools.count(1)
         self._sends_in_flight = 0
         self._nonce_next = 0
-        self._followed: LedgerState | None = None if self.replica else self.store.ledger()
-        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0}
+        self._fetching = False
+        self._fetch_turn = 0
+        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0,
+                         "frames_from_non_members": 0, "validator_set_changes": 0}
         self._nursery: trio.Nursery | None = None
         self._height_changed = trio.Event()
 
@@ -129,16 +140,23 @@ class LedgerService:
     def peer_ids(self) -> list[str]:
         return list(self._peer_of_index)
 
+    def _configure(self, epoch: int, validators: tuple[bytes, ...], index: int | None) -> None:
+        """Follow the replica's configuration (a `ValidatorsChanged`)."""
+        if epoch != self.epoch and self.epoch >= 0:
+            self.counters["validator_set_changes"] += 1
+            log.info("ledger.validators_changed", epoch=epoch, validators=len(validators),
+                     validator_index=index)
+        self.epoch, self.validator_keys, self.index = epoch, validators, index
+        self._peer_of_index = [peer_id_of_key(key) for key in validators]
+        self._index_of_peer = {peer: i for i, peer in enumerate(self._peer_of_index)}
+
     def statistics(self) -> dict[str, Any]:
         """Shell counters plus the replica's own snapshot (view, phase, heights, ...)."""
-        replica = asdict(self.replica.statistics()) if self.replica is not None else {}
-        return {"height": self.ledger().height, **self.counters, **replica}
+        return {"height": self.ledger().height, **self.counters,
+                **asdict(self.replica.statistics())}
 
     def ledger(self) -> LedgerState:
-        if self.replica is not None:
-            return self.replica.ledger
-        assert self._followed is not None
-        return self._followed
+        return self.replica.ledger
 
     async def wait_new_height(self, seen: int) -> int:
         """Wait until the ledger is past height `seen` and return the new height: how the
@@ -160,11 +178,8 @@ class LedgerService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if self.replica is not None:
-                    nursery.start_soon(self._timer_loop)
-                    await self._feed(rx.Start())
-                else:
-                    nursery.start_soon(self._follow_loop)
+                nursery.start_soon(self._timer_loop)
+                await self._feed(rx.Start())
                 log.info("ledger.started", validator_index=self.index, height=self.ledger().height)
                 task_status.started()
         finally:
@@ -173,16 +188,26 @@ class LedgerService:
                     self.store.close()
 
     async def _serve(self, peer: str, payload: Any) -> bytes:
-        index = self._index_of_peer.get(peer)
-        if index is None or self.replica is None:
-            raise PeerProtocolError(peer, "pbft: sender is not a validator of this chain")
         if not isinstance(payload, bytes):
             raise PeerProtocolError(peer, "pbft: message is not a frame")
+        index = self._index_of_peer.get(peer)
+        if index is None:  # not a member of our epoch: counted, never penalised
+            self.counters["frames_from_non_members"] += 1
+            try:
+                message = decode_frame(peer, payload)
+            except ConsensusPeerError:
+                return b""
+            await self._feed(rx.MessageReceived(peer=None, message=message))  # its epoch
+            return b""
         try:
             message = decode_frame(index, payload)
         except ConsensusPeerError as error:
             raise PeerProtocolError(peer, f"pbft: {error}") from None
-        await self._feed(rx.MessageReceived(peer=index, message=message))
+        async with self._lock:  # the mapping may have changed while we decoded
+            if self._index_of_peer.get(peer) != index:
+                index = None
+            await self._perform(self.replica.handle(
+                unix_ms(), rx.MessageReceived(peer=index, message=message)))
         return b""
 
     async def block(self, height: int) -> Any:
@@ -194,38 +219,54 @@ class LedgerService:
         async with self._lock:  # never read the store half-way through a write
             return await serve_blocks(self.store, peer, payload)
 
-    async def _follow_loop(self) -> None:
-        """A follower pulls certified blocks from the validators, round robin."""
-        for turn in itertools.count():
-            peer = self._peer_of_index[turn % len(self._peer_of_index)]
-            try:
-                await self._follow_from(peer)
-            except RequestFailed as error:
-                log.debug("ledger.follow_failed", peer=peer, reason=error.reason)
-            except PeerProtocolError as error:
-                self._peers.penalise(peer, error.reason)
-            await trio.sleep(FOLLOW_INTERVAL_S)
+    def _start_fetch(self) -> None:
+        """A `NeedBlocks`: one fetch at a time (the replica asks again while behind)."""
+        if not self._fetching and self._nursery is not None and self._peer_of_index:
+            self._fetching = True
+            self._nursery.start_soon(self._fetch_blocks)
 
-    async def _follow_from(self, peer: str) -> None:
-        while True:
-            assert self._followed is not None
-            await self._connect(peer)
-            request = {"from": self._followed.height + 1, "count": BLOCKS_PER_REQUEST_MAX}
-            answer = await self._wire.request(peer, LEDGER_PROTOCOL, request)
-            state, writes = await trio.to_thread.run_sync(
-                checked_blocks, peer, answer, self._followed, self.validator_keys
-            )
-            if not writes:
-                return
-            async with self._lock:
-                await trio.to_thread.run_sync(self.store.write_batch, writes)
-                self._followed = state
-            self._note_new_height()
-            self.counters["followed"] += len(writes)
-            log.info("ledger.followed", peer=peer, height=state.height)
+    async def _fetch_blocks(self) -> None:
+        """Pull certified blocks from the validators, round robin, and feed them to the
+        replica, which checks each certificate against its height's configuration."""
+        try:
+            for _ in range(FETCH_ROUNDS_MAX):
+                peers = [p for i, p in enumerate(self._peer_of_index) if i != self.index]
+                if not peers:
+                    return
+                self._fetch_turn += 1
+                peer = peers[self._fetch_turn % len(peers)]
+                try:
+                    full = await self._fetch_from(peer)
+                except RequestFailed as error:
+                    log.debug("ledger.follow_failed", peer=peer, reason=error.reason)
+                    continue
+                except PeerProtocolError as error:
+                    self._peers.penalise(peer, error.reason)
+                    continue
+                if not full:
+                    return
+        finally:
+            self._fetching = False
+
+    async def _fetch_from(self, peer: str) -> bool:
+        """One request; True if the answer was full (more may follow)."""
+        await self._connect(peer)
+        request = {"from": self.ledger().height + 1, "count": BLOCKS_PER_REQUEST_MAX}
+        answer = await self._wire.request(peer, LEDGER_PROTOCOL, request)
+        blocks = await trio.to_thread.run_sync(decode_blocks, peer, answer)
+        if not blocks:
+            return False
+        rejected = self.replica.counters["blocks_rejected"]
+        before = self.ledger().height
+        await self._feed(rx.CertifiedBlocksReceived(blocks=blocks))
+        if self.replica.counters["blocks_rejected"] > rejected:
+            raise PeerProtocolError(peer, "ledger: a certified block failed its checks")
+        self.counters["followed"] += self.ledger().height - before
+        if self.ledger().height > before:
+            log.info("ledger.followed", peer=peer, height=self.ledger().height)
+        return len(blocks) == BLOCKS_PER_REQUEST_MAX
 
     async def _feed(self, event: Any) -> None:
-        assert self.replica is not None
         async with self._lock:
             await self._perform(self.replica.handle(unix_ms(), event))
 
@@ -266,6 +307,10 @@ class LedgerService:
             log.warning("ledger.equivocation", evidence=repr(effect.evidence)[:400])
         elif isinstance(effect, rx.PeerMisbehaved):
             self._peers.penalise(self._peer_of_index[effect.peer], f"pbft: {effect.reason}")
+        elif isinstance(effect, rx.ValidatorsChanged):
+            self._configure(effect.epoch, effect.validators, effect.index)
+        elif isinstance(effect, rx.NeedBlocks):
+            self._start_fetch()
 
     def _send(self, index: int, frame: bytes) -> None:
         if self._sends_in_flight >= SENDS_IN_FLIGHT_MAX:
@@ -342,7 +387,7 @@ class LedgerService:
         return await self.submit(sign_tx(body, self.signer).encoded, timeout_s)
 
     async def submit(self, tx: bytes, timeout_s: float) -> rx.ClientCommitted:
-        if self.replica is None:
+        if self.index is None:
             return await self._submit_through_validator(tx, timeout_s)
         request_id = next(self._request_ids)
         waiting = self._waiting[request_id] = _Waiting()
@@ -357,7 +402,7 @@ class LedgerService:
     async def admit(self, tx: bytes) -> None:
         """Put a transaction in the mempool and return at once (like eth_sendRawTransaction);
         raises TxFailed if the checks refuse it. Validators only."""
-        if self.replica is None:
+        if self.index is None:
             raise TxFailed("not_validator", "only a validator admits without waiting")
         waiting = _Waiting()
         request_id = next(self._request_ids)
@@ -397,13 +442,16 @@ class LedgerService:
                     log.debug("ledger.forward_failed", peer=peer, reason=error.reason)
                     await trio.sleep(FOLLOW_INTERVAL_S)
                     continue
+                if isinstance(answer, dict) and answer.get("reason") == "not_validator":
+                    await trio.sleep(FOLLOW_INTERVAL_S)  # it left the set: try the next one
+                    continue
                 return _forwarded_outcome(peer, answer)
         raise TxFailed("timeout", f"no validator committed it within {timeout_s:g} s")
 
     async def _serve_tx(self, peer: str, payload: Any) -> dict[str, Any]:
         """A follower's transaction: every check of a local submission runs."""
-        if self.replica is None:
-            raise PeerProtocolError(peer, "ledger-tx: this node is not a validator")
+        if self.index is None:  # maybe it just left the set: the follower tries another
+            return {"ok": False, "reason": "not_validator", "message": "not a validator"}
         if not isinstance(payload, dict) or set(payload) != {"tx", "wait_ms"}:
             raise PeerProtocolError(peer, "ledger-tx: request must be {'tx', 'wait_ms'}")
         tx, wait_ms = payload["tx"], payload["wait_ms"]

@@ -26,7 +26,7 @@ BYZANTINE_KINDS = ("equivocate", "conflict", "silent")
 
 
 class ByzantineReplica:
-    __slots__ = ("inner", "kind", "n", "rng", "signer")
+    __slots__ = ("inner", "kind", "rng", "signer")
 
     def __init__(self, inner: Replica, kind: str, signer: Signer, rng: random.Random) -> None:
         assert kind in BYZANTINE_KINDS
@@ -34,7 +34,14 @@ class ByzantineReplica:
         self.kind = kind
         self.signer = signer
         self.rng = rng
-        self.n = inner.n
+
+    @property
+    def n(self) -> int:
+        return self.inner.n
+
+    @property
+    def validators(self) -> tuple[bytes, ...]:
+        return self.inner.validators
 
     def statistics(self) -> Any:
         return self.inner.statistics()
@@ -56,7 +63,8 @@ class ByzantineReplica:
         return out
 
     def _sign(self, body: Any) -> Signed:
-        return sign_message(body, self.inner.index, self.signer)
+        assert self.inner.index is not None
+        return sign_message(body, self.inner.index, self.signer, self.inner.epoch)
 
     def _others(self) -> tuple[list[int], list[int]]:
         others = [i for i in range(self.n) if i != self.inner.index]

@@ -12,9 +12,11 @@ Rules:
    from their simulated disk, any number of times, during the safety phase.
 3. Safety is checked on every commit, all the time: no two honest replicas commit different
    blocks at one height (so equal state roots: the root is in the block), every committed
-   block's certificate holds a quorum of valid COMMITs (with the replica's own quorum
-   size, so a planted quorum bug must show up as a real divergence), and at the end every
-   honest replica's ledger root equals the agreed block's root at its height.
+   block's certificate holds a quorum of valid COMMITs of the configuration that agreed it
+   (the validator set and epoch of the agreed state before it, which the checker computes
+   by executing the agreed chain itself; with the replica's own quorum rule, so a planted
+   quorum bug must show up as a real divergence), and at the end every honest replica's
+   ledger root equals the agreed block's root at its height.
 4. Liveness: after ``safety_ms`` the network heals (no loss, no partition), every crashed
    replica restarts, and clients resend what is not committed yet; within
    ``liveness_ms`` every honest replica must have executed every client transaction.
@@ -31,9 +33,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from consensus.certificates import CertificateError, SignatureCache, check_commit_certificate
+from consensus.certificates import (
+    CertificateError,
+    SignatureCache,
+    check_commit_certificate,
+    quorum_size,
+)
 from consensus.codec import Ed25519Signer
 from consensus.genesis import UNITS_PER_FTNS, Genesis, Params
+from consensus.ledger import Block, BlockInvalid, LedgerState
+from consensus.messages import Signed
 from consensus.replica import Replica
 from consensus.replica_effects import (
     BlockCommitted,
@@ -88,13 +97,17 @@ class ScenarioConfig:
     liveness_ms: int = 60_000
     planted_bug: str = ""
     wire: bool = False
+    epoch_change: bool = False
+    """Run ``pbft_epochs.EpochScenario``: a validator joins and one leaves."""
 
     def command(self) -> str:
         flags = (f"--validators {self.validators} --seed {self.seed} --txs {self.txs} "
                  f"--safety-ms {self.safety_ms} --liveness-ms {self.liveness_ms}")
         if self.planted_bug:
             flags += f" --planted-bug {self.planted_bug}"
-        return f"python -m simulations.pbft_scenario {flags}" + (" --wire" if self.wire else "")
+        flags += " --wire" if self.wire else ""
+        flags += " --epoch-change" if self.epoch_change else ""
+        return f"python -m simulations.pbft_scenario {flags}"
 
 
 @dataclass(slots=True)
@@ -109,6 +122,8 @@ class Report:
     state_transfers: int = 0
     simulator: dict[str, Any] = field(default_factory=dict)
     trace_digest: str = ""
+    validator_sets: list[tuple[int, int]] = field(default_factory=list)
+    """(epoch, size) of every configuration the agreed chain went through."""
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
@@ -149,19 +164,28 @@ class PbftScenario:
         self.rng = random.Random(f"scenario/{config.seed}")
         self.signers = _validator_signers(config.validators)
         self.users = _user_signers()
-        self.genesis = make_genesis(self.signers, self.users)
+        self.nodes = self._nodes()
+        """The signer of each address: the genesis validators, then any later ones."""
+        self.genesis = self._genesis()
         self.replica_config = scenario_replica_config(config.planted_bug)
         self.byzantine = dict(self.options.byzantine)
-        self.honest = [i for i in range(config.validators) if i not in self.byzantine]
+        self.honest = [i for i in range(len(self.nodes)) if i not in self.byzantine]
         self.network = NetworkModel(loss=self.options.loss,
                                     duplication=self.options.duplication,
                                     latency_jitter_mean_ms=self.options.latency_jitter_mean_ms)
-        self.sim = Simulator(seed=config.seed, adapter=PbftSimAdapter(config.validators,
-                                                                      wire=config.wire),
+        self.adapter = PbftSimAdapter(len(self.nodes), wire=config.wire,
+                                      keys=[s.public_key for s in self.nodes])
+        self.adapter.sources = self.honest
+        self.sim = Simulator(seed=config.seed, adapter=self.adapter,
                              network=self.network, on_output=self._on_output)
         self.sim.replay_command = config.command()
-        self.cache = SignatureCache(self.genesis.validator_keys(), 1 << 16)
+        self.reference = LedgerState(self.genesis)
+        """The agreed chain, executed by the checker (it gives each height's configuration)."""
+        self.configurations: dict[int, SignatureCache] = {1: self._cache(self.reference)}
+        self.unchecked: dict[int, list[tuple[Block, tuple[Signed, ...], Address]]] = {}
+        self.validator_sets = [(0, len(self.reference.validators))]
         self.agreed: dict[int, tuple[bytes, bytes, Address]] = {}  # height -> hash, root, who
+        self.blocks: dict[int, Block] = {}  # agreed, not yet executed by the checker
         self.failures: list[str] = []
         self.txs: list[SignedTx] = []
         self.evidence = 0
@@ -169,14 +193,21 @@ class PbftScenario:
 
     # -- nodes -----------------------------------------------------------------------------
 
+    def _nodes(self) -> list[Ed25519Signer]:
+        return list(self.signers)
+
+    def _genesis(self) -> Genesis:
+        return make_genesis(self.signers, self.users)
+
     def _factory(self, address: Address, disk: Any, rng: random.Random) -> Any:
         recovered = disk.recovered() if disk is not None else None
-        replica = Replica(index=address, signer=self.signers[address], genesis=self.genesis,
+        replica = Replica(signer=self.nodes[address], genesis=self.genesis,
                           config=self.replica_config, recovered=recovered)
+        self.adapter.configs[address] = replica.validators
         kind = self.byzantine.get(address)
         if kind is None:
             return replica
-        return ByzantineReplica(replica, kind, self.signers[address], rng)
+        return ByzantineReplica(replica, kind, self.nodes[address], rng)
 
     def _on_output(self, address: Address, now_ms: int, effect: Any) -> None:
         if isinstance(effect, EvidenceFound):
@@ -185,23 +216,52 @@ class PbftScenario:
             return
         block = effect.block
         if effect.certificate:
-            try:
-                check_commit_certificate(block, effect.certificate, self.cache,
-                                         self._quorum())
-            except CertificateError as error:
-                self._fail(f"replica {address} committed height {block.height} with a bad "
-                           f"certificate: {error}")
+            self.unchecked.setdefault(block.height, []).append(
+                (block, effect.certificate, address))
         held = self.agreed.get(block.height)
         if held is None:
             self.agreed[block.height] = (block.block_hash, block.state_root, address)
+            self.blocks[block.height] = block
         elif held[0] != block.block_hash:
             self._fail(f"conflicting blocks at height {block.height}: replica {held[2]} "
                        f"committed {held[0].hex()[:16]}, replica {address} committed "
                        f"{block.block_hash.hex()[:16]} (t={now_ms} ms)")
+        self._follow_agreed_chain()
 
-    def _quorum(self) -> int:
-        from consensus.certificates import quorum_size
-        return quorum_size(self.config.validators, self.config.planted_bug)
+    def _cache(self, state: LedgerState) -> SignatureCache:
+        return SignatureCache(state.validators, 1 << 16, state.epoch)
+
+    def _follow_agreed_chain(self) -> None:
+        """Execute agreed blocks in height order (each gives the next height's
+        configuration) and check every certificate seen against its height's one."""
+        while self.reference.height + 1 in self.blocks:
+            block = self.blocks.pop(self.reference.height + 1)
+            try:
+                self.reference = self.reference.apply_block(block)
+            except BlockInvalid as error:
+                self._fail(f"the agreed block {block.height} does not execute: {error}")
+                return
+            cache = self.configurations.get(block.height)
+            if cache is None or cache.epoch != self.reference.epoch:
+                cache = self._cache(self.reference)
+                if self.reference.epoch == block.height:
+                    self.validator_sets.append((block.height, len(cache.validators)))
+            self.configurations[block.height + 1] = cache
+        for height in [h for h in self.unchecked if h in self.configurations]:
+            cache = self.configurations[height]
+            quorum = quorum_size(len(cache.validators), self.config.planted_bug)
+            for block, certificate, address in self.unchecked.pop(height):
+                try:
+                    check_commit_certificate(block, certificate, cache, quorum)
+                except CertificateError as error:
+                    self._fail(f"replica {address} committed height {block.height} with a "
+                               f"bad certificate: {error}")
+                else:
+                    self._certificate_checked(block, certificate, cache)
+
+    def _certificate_checked(self, block: Block, certificate: tuple[Signed, ...],
+                             cache: SignatureCache) -> None:
+        """A hook for scenarios that look at who signed (``pbft_epochs.py``)."""
 
     def _fail(self, reason: str) -> None:
         if len(self.failures) < 10:
@@ -225,7 +285,7 @@ class PbftScenario:
                               lambda s, v=victim: self._restart(s, v))
 
     def _partition(self, sim: Simulator) -> None:
-        nodes = list(range(self.config.validators))
+        nodes = list(range(len(self.nodes)))
         self.rng.shuffle(nodes)
         cut = self.rng.randint(1, len(nodes) - 1)
         sim.partition([nodes[:cut], nodes[cut:]])
@@ -274,7 +334,7 @@ class PbftScenario:
     def _resend(self, sim: Simulator) -> None:
         """Clients retry: every transaction not yet executed everywhere, to every replica."""
         for tx in self.txs:
-            for address in range(self.config.validators):
+            for address in range(len(self.nodes)):
                 if sim.is_up(address):
                     sim.inject(address, ClientRequest(tx=tx.encoded))
 
@@ -296,7 +356,7 @@ class PbftScenario:
     def run(self) -> Report:
         config, sim = self.config, self.sim
         started = time.perf_counter()
-        for address in range(config.validators):
+        for address in range(len(self.nodes)):
             sim.add_node(address, self._factory)
             sim.inject(address, Start())
         self._make_txs()
@@ -327,7 +387,7 @@ class PbftScenario:
         return None
 
     def _heights(self) -> dict[int, int]:
-        return {a: self.sim.core(a).ledger.height for a in range(self.config.validators)
+        return {a: self.sim.core(a).ledger.height for a in range(len(self.nodes))
                 if self.sim.core(a) is not None}
 
     def _final_checks(self) -> None:
@@ -348,18 +408,26 @@ class PbftScenario:
         report.heights = self._heights()
         report.committed_txs = len(self.txs) if done_ms is not None else 0
         report.liveness_done_ms = done_ms
-        for address in range(self.config.validators):
+        for address in range(len(self.nodes)):
             core = self.sim.core(address)
             if core is not None:
                 stats = core.statistics()
                 report.view_changes += stats.view_changes_started
                 report.state_transfers += stats.state_transfers
         report.evidence = self.evidence
+        report.validator_sets = list(self.validator_sets)
         report.simulator = asdict(self.sim.statistics())
         report.trace_digest = self.sim.trace_digest()
         report.wall_s = wall_s
         report.failures = list(self.failures)
         return report
+
+
+def scenario_class(config: ScenarioConfig) -> type[PbftScenario]:
+    if not config.epoch_change:
+        return PbftScenario
+    from simulations.pbft_epochs import EpochScenario  # it subclasses this module's class
+    return EpochScenario
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness-ms", type=int, default=60_000)
     parser.add_argument("--planted-bug", default="", choices=("", "quorum-2f"))
     parser.add_argument("--wire", action="store_true", help="send encoded frames")
+    parser.add_argument("--epoch-change", action="store_true",
+                        help="a fifth node joins the validator set and one leaves")
     parser.add_argument("--quiet", action="store_true", help="print failures only")
     parser.add_argument("--json", metavar="PATH", help="write the reports as JSON")
     args = parser.parse_args(argv)
@@ -380,8 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(args.seed, args.seed + args.seeds):
         config = ScenarioConfig(validators=args.validators, seed=seed, txs=args.txs,
                                 safety_ms=args.safety_ms, liveness_ms=args.liveness_ms,
-                                planted_bug=args.planted_bug, wire=args.wire)
-        report = PbftScenario(config).run()
+                                planted_bug=args.planted_bug, wire=args.wire,
+                                epoch_change=args.epoch_change)
+        report = scenario_class(config)(config).run()
         if not args.quiet:
             print(f"seed={seed} n={args.validators} byzantine={report.options['byzantine']} "
                   f"loss={report.options['loss']} crashes={report.options['crashes']} "

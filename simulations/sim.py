@@ -168,6 +168,13 @@ class Simulator:
 
     # -- faults ----------------------------------------------------------------------------
 
+    def reachable(self, source: Address, destination: Address) -> bool:
+        """Whether a message from ``source`` would reach ``destination`` now."""
+        node = self._nodes.get(destination)
+        group = self._group
+        return (node is not None and node.up
+                and (not group or group.get(source, -1) == group.get(destination, -1)))
+
     def partition(self, groups: Iterable[Iterable[Address]]) -> None:
         """Split the network: nodes in different groups cannot talk (ungrouped: group -1)."""
         self._group = {address: index for index, group in enumerate(groups)
