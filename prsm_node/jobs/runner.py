@@ -17,7 +17,8 @@ Rules:
 5. Isolation is decided once, when the runner starts (``jobs.sandbox``): ``off`` runs
    workers without a sandbox; otherwise a probe process tries one (sandbox.py). Where the
    kernel refuses, ``auto`` runs without and warns once, ``required`` refuses every job.
-   ``sandbox_status()`` says which, for the node's statistics: never a silent claim.
+   ``sandbox_status()`` says which, for the node's statistics: never a silent claim. The
+   probe runs beside the runner's start, not before it; jobs queue until it answers.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class _Job:
     state: JobState = JobState.QUEUED
     progress: dict[str, Any] = field(default_factory=dict)
     result: JobResult | None = None
-    error: JobError | None = None
+    error: JobError | JobRefused | None = None
     on_event: Callable[[dict[str, Any]], None] | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     finished: trio.Event = field(default_factory=trio.Event)
@@ -133,7 +134,8 @@ class JobRunner:
         self._settings = settings
         self._hidden = hidden
         self._sandbox = SandboxStatus(mode=settings.sandbox, active=False,
-                                      reason="the runner has not started")
+                                      reason="not decided yet (the probe runs at start)")
+        self._sandbox_decided = trio.Event()
         self._limits = JobLimits.from_section(settings)
         self._work_root = work_root
         self._python = python
@@ -147,10 +149,12 @@ class JobRunner:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Serve jobs until cancelled; running workers are killed and reaped on the way out."""
-        self._sandbox = await self._decide_sandbox()
+        """Serve jobs until cancelled; running workers are killed and reaped on the way out.
+        Ready at once: the sandbox probe (a process start, seconds on a loaded machine) runs
+        meanwhile and only the workers wait for it, so it never delays the node's start."""
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._decide_sandbox)
                 for _ in range(self._settings.max_concurrent):
                     nursery.start_soon(self._serve)
                 self._running = True
@@ -163,7 +167,11 @@ class JobRunner:
                     self._finish(job, JobState.CANCELLED,
                                  error=JobCancelled(f"{job.job_id}: the runner stopped"))
 
-    async def _decide_sandbox(self) -> SandboxStatus:
+    async def _decide_sandbox(self) -> None:
+        self._sandbox = await self._sandbox_decision()
+        self._sandbox_decided.set()
+
+    async def _sandbox_decision(self) -> SandboxStatus:
         """Rule 5, logged once."""
         mode = self._settings.sandbox
         if mode == "off":
@@ -185,15 +193,29 @@ class JobRunner:
     def sandbox_status(self) -> SandboxStatus:
         return self._sandbox
 
+    async def sandbox_decided(self) -> SandboxStatus:
+        """The status once the start-up probe has answered."""
+        await self._sandbox_decided.wait()
+        return self._sandbox
+
+    def _sandbox_refusal(self) -> JobRefused | None:
+        """Under ``required``, once the probe said no (rule 5); before it answers, jobs
+        queue and the workers wait for the answer."""
+        if (self._sandbox.mode == "required" and self._sandbox_decided.is_set()
+                and not self._sandbox.active):
+            return JobRefused("jobs.sandbox = required, but workers cannot be isolated "
+                              f"here: {self._sandbox.reason}")
+        return None
+
     def submit(self, request: JobRequest, *, job_id: str | None = None,
                on_event: Callable[[dict[str, Any]], None] | None = None) -> str:
         """Check and queue a job (rule 1); returns its id. ``on_event`` gets each of the
         worker's events as it arrives (e.g. to relay progress to a client)."""
         if not self._running:
             raise JobRefused("the job runner is not running")
-        if self._sandbox.mode == "required" and not self._sandbox.active:
-            raise JobRefused("jobs.sandbox = required, but workers cannot be isolated "
-                             f"here: {self._sandbox.reason}")
+        refusal = self._sandbox_refusal()
+        if refusal is not None:
+            raise refusal
         if request.kind not in self._settings.kinds:
             raise JobRefused(f"this node does not run {request.kind} jobs")
         job_id = job_id or f"job-{next(self._ids)}"
@@ -252,7 +274,7 @@ class JobRunner:
             cancelled=self._counts[JobState.CANCELLED], limit_exceeded=self._limit_exceeded)
 
     def _finish(self, job: _Job, state: JobState, *, result: JobResult | None = None,
-                error: JobError | None = None) -> None:
+                error: JobError | JobRefused | None = None) -> None:
         self._counts[job.state] -= 1
         job.move(state)
         self._counts[state] += 1
@@ -263,6 +285,7 @@ class JobRunner:
             del self._jobs[key]
 
     async def _serve(self) -> None:
+        await self._sandbox_decided.wait()
         while True:
             await self._queue_signal.acquire()
             if self._queue:  # empty when the job this signal was for was cancelled
@@ -275,6 +298,11 @@ class JobRunner:
         limits = job.request.limits.within(self._limits) if job.request.limits else \
             self._limits
         log.info("jobs.started", job=job.job_id, kind=job.request.kind)
+        refusal = self._sandbox_refusal()
+        if refusal is not None:  # queued before the probe said no
+            self._finish(job, JobState.FAILED, error=refusal)
+            log.warning("jobs.refused", job=job.job_id, reason=str(refusal))
+            return
         result = error = None
         with job.scope:
             try:

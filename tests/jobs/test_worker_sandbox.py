@@ -156,8 +156,11 @@ async def test_required_refuses_jobs_where_the_kernel_refuses_namespaces(
     runner = JobRunner(replace(TEST_JOBS, sandbox="required"), work_root=tmp_path,
                        python=_refusing_python(tmp_path))
     await nursery.start(runner.run)
-    status = runner.sandbox_status()
+    early = runner.submit(_job())  # queued before the probe answered: fails, never runs
+    status = await runner.sandbox_decided()
     assert (status.mode, status.active) == ("required", False)
+    with pytest.raises(JobRefused, match=r"sandbox = required.*Operation not permitted"):
+        await runner.wait(early)
     assert "Operation not permitted" in status.reason
     with pytest.raises(JobRefused, match=r"sandbox = required.*Operation not permitted"):
         runner.submit(_job())
@@ -168,7 +171,7 @@ async def test_auto_runs_unsandboxed_where_the_kernel_refuses_and_says_so(
     runner = JobRunner(replace(TEST_JOBS, sandbox="auto"), work_root=tmp_path,
                        python=_refusing_python(tmp_path))
     await nursery.start(runner.run)
-    status = runner.sandbox_status()
+    status = await runner.sandbox_decided()
     assert (status.mode, status.active) == ("auto", False)
     assert "Operation not permitted" in status.reason
     job_id = runner.submit(_job())
