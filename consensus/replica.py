@@ -336,7 +336,14 @@ class Replica(ClientTransactions, ViewChangeAndTransfer, Epochs):
             if slot.view != self.view or slot.prepare_sent or seq > self.executed + 1:
                 continue
             if seq <= self.executed:
-                slot.state = self.ledger  # committed here already; the hash was checked
+                done = self.recent.get(seq)  # executed meanwhile: vote only for that block
+                if done is None or done.block.block_hash != slot.block.block_hash:
+                    del self.slots[seq]
+                    if done is not None:
+                        out.append(PeerMisbehaved(peer=slot.pre_prepare.signer,
+                                                  reason="pre-prepare contradicts a block"))
+                    continue
+                slot.state = self.ledger
             elif slot.state is None:
                 try:
                     slot.state = self.ledger.apply_block(slot.block, self.mempool.known)

@@ -20,6 +20,7 @@ from consensus.messages import (
     CertifiedBlock,
     Commit,
     Prepare,
+    PrePrepare,
     decode_frame,
     encode_frame,
     sign_message,
@@ -371,3 +372,27 @@ def test_a_follower_store_turned_validator_starts_in_the_ledger_epoch(tmp_path) 
     assert ValidatorsChanged(epoch=4, validators=replica.validators,
                              index=replica.index) in effects
     store.close()
+
+
+def test_a_waiting_pre_prepare_unlike_the_block_fetched_for_its_height_gets_no_prepare(
+) -> None:
+    """A backup holds a pre-prepare for a height it then executes from certified blocks:
+    it may vote only for the block it executed, never for a conflicting one."""
+    chain = Chain()
+    chain.filler(2)
+    other_state = LedgerState(GENESIS).apply_block(chain.blocks[0].block)
+    conflicting, _ = other_state.build_block(
+        other_state.last_timestamp_ms + 10,
+        [tx(USERS[1], TxKind.TRANSFER, 0, 1, USERS[0].public_key)])
+    assert conflicting.height == 2 and conflicting.block_hash != chain.blocks[1].block.block_hash
+    for block, blamed in ((conflicting, True), (chain.blocks[1].block, False)):
+        backup = replica_of(VALIDATORS[1])
+        backup.handle(0, Start())
+        pre_prepare = sign_message(PrePrepare(view=0, seq=2, block=block), 0, VALIDATORS[0], 0)
+        backup.handle(10, MessageReceived(peer=0, message=pre_prepare))
+        effects = feed(backup, chain.blocks)
+        assert backup.executed == 2
+        prepares = [e for e in effects if isinstance(e, Broadcast)
+                    and isinstance(e.message.body, Prepare) and e.message.body.seq == 2]
+        blames = [e for e in effects if isinstance(e, PeerMisbehaved)]
+        assert bool(blames) is blamed and bool(prepares) is not blamed
