@@ -1,12 +1,16 @@
 """The block store: verified blocks as files, indexed in SQLite, pinned, quota'd, collected.
 
 Rules:
-1. A block is written to ``tmp/`` under a unique name, fsynced, renamed to
+1. Blocks are written in batches (``put_many``; ``put`` is a batch of one) through
+   ``storage.durable.write_files``: each to ``tmp/`` under a unique name, then renamed to
    ``blocks/<xx>/<cid>`` (``xx`` = the first digest byte in hex: the CID string's leading
    characters encode version and codec and are the same for every block, so the fan-out
-   uses the digest), and only then indexed. A crash leaves at worst a temp file (removed at
-   the next open) or a file without an index row (adopted by ``verify``); never a partial
-   block under a real name, since a rename is atomic.
+   uses the digest), and only then indexed, in one SQLite transaction per batch. With
+   ``fsync`` (the default) every file's data is durable before its rename and every
+   rename is durable before the batch's rows are committed and before ``put_many``
+   returns. A crash leaves at worst temp files (removed at the next open) or files
+   without an index row (adopted by ``verify``); never a partial block under a real name,
+   since a rename is atomic, and never a row whose file a crash could take back.
 2. Checked before the write and after the read (paired assertions, STYLE.md): ``put``
    refuses bytes that do not hash to their CID; ``get`` rehashes and quarantines a block
    that the disk corrupted, then raises ``CorruptBlockError``.
@@ -14,13 +18,17 @@ Rules:
    blocks present in the store* is pinned. Garbage collection removes only unpinned
    blocks, least recently accessed first; it never removes a pinned one. The shell pins a
    root before fetching it so the partial DAG is protected while it arrives.
-4. ``size_bytes`` never exceeds ``quota_bytes``: a ``put`` that would pass the quota first
-   collects unpinned blocks down to ``gc_low_watermark`` of the quota, and raises
-   ``QuotaExceededError`` if pinned data leaves no room.
+4. ``size_bytes`` never exceeds ``quota_bytes``: a batch whose new blocks would pass the
+   quota first collects unpinned blocks down to ``gc_low_watermark`` of the quota less the
+   batch, and raises ``QuotaExceededError`` if pinned data leaves no room; a batch is
+   stored whole or not at all. Blocks already stored (or repeated within the batch) are
+   not written again and count once, exactly as with one ``put`` each.
 5. One process owns a store directory (an exclusive ``flock`` on ``lock``); within it, a
    lock serialises the methods, so the shell may call them from worker threads. SQLite runs
    in WAL mode with ``synchronous=NORMAL``: a power cut may lose the last index rows, never
    a block file, and ``verify`` re-adopts such files.
+6. The 256 fan-out directories are created (and made durable) when the store opens, so a
+   write never pays a ``mkdir`` nor has to make a new directory's name durable.
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.cid import CODEC_DAG_PB, Cid
 from storage.dagpb import BLOCK_SIZE_MAX
+from storage.durable import fsync_directory, write_files
 from storage.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -49,6 +58,11 @@ from storage.errors import (
 from storage.unixfs import DAG_BLOCKS_MAX, DAG_DEPTH_MAX, Block, links_of
 
 LS_LIMIT_MAX = 10_000
+PUT_MANY_BLOCKS_MAX = 64
+"""At most 64 blocks (64 MiB) per batch: as many open descriptors and that much memory.
+Measured on the 2-core VM (100 x 1 MiB, fsync on): batches of 16 and 64 blocks wrote at
+1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one fsynced block at a time."""
+FANOUT_COUNT = 256  # one directory per value of the digest's first byte (rule 1)
 GC_LOW_WATERMARK = 0.9
 """An automatic collection frees down to 90% of the quota, so a store that runs full does
 not walk its pins again on every following ``put``."""
@@ -107,8 +121,7 @@ class BlockStore:
         self._low_watermark = gc_low_watermark
         self._lock = threading.RLock()
         self._names = itertools.count()
-        for sub in ("blocks", "tmp", "quarantine"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._make_directories()
         self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held while open
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,6 +138,24 @@ class BlockStore:
         self._db.executescript(_SCHEMA)
         self._size_bytes = self._db.execute(
             "SELECT COALESCE(SUM(size), 0) FROM blocks").fetchone()[0]
+
+    def _make_directories(self) -> None:
+        """The store's directories and the fan-out under ``blocks/``, durable (rule 6)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        made = [self.root]
+        for sub in ("blocks", "tmp", "quarantine"):
+            if not (self.root / sub).is_dir():
+                (self.root / sub).mkdir()
+                made.append(self.root / sub)
+        blocks = self.root / "blocks"
+        present = {entry.name for entry in os.scandir(blocks)}
+        for index in range(FANOUT_COUNT):
+            if f"{index:02x}" not in present:
+                (blocks / f"{index:02x}").mkdir()
+                made.append(blocks)
+        if self._fsync:
+            for directory in sorted(set(made)):
+                fsync_directory(directory)
 
     def close(self) -> None:
         with self._lock:
@@ -196,48 +227,72 @@ class BlockStore:
     # -- writes -----------------------------------------------------------------------
 
     def put(self, block: Block, *, hashed_here: bool = False) -> bool:
-        """Store a block after checking it; True if it was new. See rules 1, 2 and 4.
+        """Store a block after checking it; True if it was new. A batch of one: see
+        ``put_many``."""
+        return self.put_many([block], hashed_here=hashed_here)[0]
 
-        ``hashed_here``: the caller computed the CID from these very bytes in this process
+    def put_many(self, blocks: Sequence[Block], *, hashed_here: bool = False) -> list[bool]:
+        """Store a batch of blocks after checking each; for each, True if it was new (the
+        first of repeated CIDs counts as new, as with one ``put`` after another). Rules 1,
+        2 and 4: the fsyncs, renames, directory fsyncs and the index transaction are paid
+        once per batch, not once per block.
+
+        ``hashed_here``: the caller computed the CIDs from these very bytes in this process
         (``FileBuilder``), so the second hash would only double the cost of ``store add``;
         ``get`` still rehashes on every read. Never set it for bytes from a peer or a file."""
-        data = block.data
-        if len(data) > BLOCK_SIZE_MAX:
-            raise InvalidDataError(f"block of {len(data)} bytes exceeds {BLOCK_SIZE_MAX}")
-        if not hashed_here and not block.cid.matches(data):
-            raise CorruptBlockError(block.cid)
+        assert len(blocks) <= PUT_MANY_BLOCKS_MAX, len(blocks)
+        for block in blocks:
+            if len(block.data) > BLOCK_SIZE_MAX:
+                raise InvalidDataError(f"block of {len(block.data)} bytes exceeds "
+                                       f"{BLOCK_SIZE_MAX}")
+            if not hashed_here and not block.cid.matches(block.data):
+                raise CorruptBlockError(block.cid)
         with self._lock:
-            if self.has(block.cid):
-                return False
-            if self._size_bytes + len(data) > self.quota_bytes:
-                target = int(self.quota_bytes * self._low_watermark) - len(data)
-                self._collect(max(0, target))
-                if self._size_bytes + len(data) > self.quota_bytes:
-                    raise QuotaExceededError(
-                        f"no room for {len(data)} bytes: {self._size_bytes} of "
-                        f"{self.quota_bytes} bytes are pinned or in use")
-            self._write_file(block.cid, data)
-            self._db.execute("INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)",
-                             (block.cid.to_bytes(), len(data), self._clock_ms()))
-            self._size_bytes += len(data)
-            return True
-
-    def _write_file(self, cid: Cid, data: bytes) -> None:
-        final = self._path(cid)
-        temporary = self.root / "tmp" / f"{cid}.{os.getpid()}.{next(self._names)}"
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            if self._fsync:
-                os.fsync(stream.fileno())
-        final.parent.mkdir(exist_ok=True)
-        os.replace(temporary, final)
-        if self._fsync:
-            directory = os.open(final.parent, os.O_RDONLY)
+            new = self._absent(blocks)
+            size = sum(len(block.data) for block in new.values())
+            self._make_room(size)
+            write_files([(self._path(cid), block.data) for cid, block in new.items()],
+                        self.root / "tmp", self._temp_name, durable=self._fsync)
+            rows = [(cid.to_bytes(), len(block.data), self._clock_ms())
+                    for cid, block in new.items()]
+            self._db.execute("BEGIN")
             try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+                self._db.executemany(
+                    "INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._size_bytes += size
+        return [new.pop(block.cid, None) is not None for block in blocks]
+
+    def _absent(self, blocks: Sequence[Block]) -> dict[Cid, Block]:
+        """The batch's blocks not yet indexed, first occurrence of each CID, in order."""
+        keys = list(dict.fromkeys(block.cid.to_bytes() for block in blocks))
+        present: set[bytes] = set()
+        if keys:
+            marks = ",".join("?" * len(keys))
+            present = {row[0] for row in self._db.execute(
+                f"SELECT cid FROM blocks WHERE cid IN ({marks})", keys)}
+        new: dict[Cid, Block] = {}
+        for block in blocks:
+            if block.cid not in new and block.cid.to_bytes() not in present:
+                new[block.cid] = block
+        return new
+
+    def _make_room(self, size: int) -> None:
+        """Collect unpinned blocks if ``size`` more bytes would pass the quota (rule 4)."""
+        if self._size_bytes + size <= self.quota_bytes:
+            return
+        self._collect(max(0, int(self.quota_bytes * self._low_watermark) - size))
+        if self._size_bytes + size > self.quota_bytes:
+            raise QuotaExceededError(
+                f"no room for {size} bytes: {self._size_bytes} of "
+                f"{self.quota_bytes} bytes are pinned or in use")
+
+    def _temp_name(self, final: Path) -> str:
+        """Unique in this process; the CID first, so a leftover names its block."""
+        return f"{final.name}.{os.getpid()}.{next(self._names)}"
 
     def _drop_row(self, cid: Cid) -> None:
         row = self._db.execute("DELETE FROM blocks WHERE cid = ? RETURNING size",
