@@ -18,11 +18,12 @@ Rules:
    blocks present in the store* is pinned. Garbage collection removes only unpinned
    blocks, least recently accessed first; it never removes a pinned one. The shell pins a
    root before fetching it so the partial DAG is protected while it arrives.
-4. ``size_bytes`` never exceeds ``quota_bytes``: a batch whose new blocks would pass the
-   quota first collects unpinned blocks down to ``gc_low_watermark`` of the quota less the
-   batch, and raises ``QuotaExceededError`` if pinned data leaves no room; a batch is
-   stored whole or not at all. Blocks already stored (or repeated within the batch) are
-   not written again and count once, exactly as with one ``put`` each.
+4. ``size_bytes`` never exceeds ``quota_bytes``; blocks staged by open batches count
+   against it too. A put that would pass the quota first commits its batch (staged blocks
+   cannot be collected; committed ones can), then collects unpinned blocks down to
+   ``gc_low_watermark`` of the quota, and raises ``QuotaExceededError`` if pinned data
+   leaves no room. Blocks already stored (or repeated within the batch) are not written
+   again and count once: a batch accounts exactly as one ``put`` after another.
 5. One process owns a store directory (an exclusive ``flock`` on ``lock``); within it, a
    lock serialises the methods, so the shell may call them from worker threads. SQLite runs
    in WAL mode with ``synchronous=NORMAL``: a power cut may lose the last index rows, never
@@ -282,6 +283,11 @@ class BlockStore:
         with self._lock:
             if block.cid in batch.sizes or self.has(block.cid):
                 return False
+            if batch.sizes and self._size_bytes + self._staged_bytes + len(data) \
+                    > self.quota_bytes:
+                # Staged blocks cannot be collected; committed, they are ordinary blocks,
+                # so a batch near the quota collects exactly as one put after another.
+                self._commit(batch)
             self._make_room(self._staged_bytes + len(data))
             batch.files.stage(self._path(block.cid), data, self._temp_name(block.cid))
             batch.sizes[block.cid] = len(data)
