@@ -31,9 +31,9 @@ Push = Callable[[Block], None]
 
 def add_file(store: BlockStore, path: Path, push: Push | None, operation: Operation
              ) -> AddResult:
-    """Chunk, hash and store ``path`` in one batch (rule 2); ``push`` (Kubo) each block once
-    it is stored; pin the root once every block is stored (and, with fsync, durable); check
-    nothing was collected meanwhile."""
+    """Chunk, hash and store ``path`` in one batch (rule 2), ``push`` each block (Kubo) as it
+    is written; pin the root once the batch has committed every block (with fsync: made
+    them durable); check nothing was collected meanwhile."""
     operation.bytes_total = path.stat().st_size
     with store.batch(hashed_here=True) as batch:
 
