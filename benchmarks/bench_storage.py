@@ -66,14 +66,6 @@ def local_figures(source: Path, work: Path, *, fsync: bool) -> dict[str, float]:
     results: dict[str, float] = {}
     sha256_mb_per_s(results)
     timed("add: chunk+hash+DAG", size, results, lambda: add_path(source, lambda b: None))
-    single = BlockStore(work / "store-single", quota_bytes=4 * size, fsync=fsync)
-    timed(
-        "add, one put per block",  # the add path before put_many, for comparison
-        size,
-        results,
-        lambda: add_path(source, lambda b: single.put(b, hashed_here=True)),
-    )
-    single.close()
     store = BlockStore(work / "store", quota_bytes=4 * size, fsync=fsync)
     operation = Operation(operation_id="bench", kind="add")
     added = timed(
@@ -82,6 +74,16 @@ def local_figures(source: Path, work: Path, *, fsync: bool) -> dict[str, float]:
         results,
         lambda: add_file(store, source, None, operation),
     )
+    single = BlockStore(work / "store-single", quota_bytes=4 * size, fsync=fsync)
+    timed(
+        "add, one put per block",  # the add path before batches; second, so the node's
+        # path above meets the disk first (a VM's first writes after a large file was
+        # written can be 10x slower; BENCHMARKS.md)
+        size,
+        results,
+        lambda: add_path(source, lambda b: single.put(b, hashed_here=True)),
+    )
+    single.close()
     root = added.root  # type: ignore[attr-defined]
     timed(
         "get: read file back",
