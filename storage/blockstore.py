@@ -1,16 +1,18 @@
 """The block store: verified blocks as files, indexed in SQLite, pinned, quota'd, collected.
 
 Rules:
-1. Blocks are written in batches (``put_many``; ``put`` is a batch of one) through
-   ``storage.durable.write_files``: each to ``tmp/`` under a unique name, then renamed to
-   ``blocks/<xx>/<cid>`` (``xx`` = the first digest byte in hex: the CID string's leading
-   characters encode version and codec and are the same for every block, so the fan-out
-   uses the digest), and only then indexed, in one SQLite transaction per batch. With
-   ``fsync`` (the default) every file's data is durable before its rename and every
-   rename is durable before the batch's rows are committed and before ``put_many``
-   returns. A crash leaves at worst temp files (removed at the next open) or files
-   without an index row (adopted by ``verify``); never a partial block under a real name,
-   since a rename is atomic, and never a row whose file a crash could take back.
+1. Blocks are written in batches (``batch``; ``put_many`` is one batch, ``put`` a batch of
+   one) through a ``storage.durable.FileBatch``: each block's file is written to ``tmp/``
+   under a unique name as it is put; every ``PUT_MANY_BLOCKS_MAX`` blocks and when the
+   batch ends, the staged files are renamed to ``blocks/<xx>/<cid>`` (``xx`` = the first
+   digest byte in hex: the CID string's leading characters encode version and codec and
+   are the same for every block, so the fan-out uses the digest) and only then indexed,
+   in one SQLite transaction per commit. With ``fsync`` (the default) every file's data is
+   durable before its rename, and every rename is durable before the commit's rows are
+   written and before the commit returns (so before ``put`` returns and before ``store
+   add`` pins its root). A crash leaves at worst temp files (removed at the next open) or
+   files without an index row (adopted by ``verify``); never a partial block under a real
+   name, since a rename is atomic, and never a row whose file a crash could take back.
 2. Checked before the write and after the read (paired assertions, STYLE.md): ``put``
    refuses bytes that do not hash to their CID; ``get`` rehashes and quarantines a block
    that the disk corrupted, then raises ``CorruptBlockError``.
@@ -25,7 +27,9 @@ Rules:
    leaves no room. Blocks already stored (or repeated within the batch) are not written
    again and count once: a batch accounts exactly as one ``put`` after another.
 5. One process owns a store directory (an exclusive ``flock`` on ``lock``); within it, a
-   lock serialises the methods, so the shell may call them from worker threads. SQLite runs
+   lock serialises the methods, so the shell may call them from worker threads. A batch
+   takes it for each put and for each commit, not in between, so reads and the
+   exchange's puts go on while a ``store add`` is hashing. SQLite runs
    in WAL mode with ``synchronous=NORMAL``: a power cut may lose the last index rows, never
    a block file, and ``verify`` re-adopts such files.
 6. The 256 fan-out directories are created (and made durable) when the store opens, so a
@@ -63,7 +67,8 @@ PUT_MANY_BLOCKS_MAX = 64
 """A batch commits every 64 blocks: at most as many temp files and open descriptors (fsync
 on) per batch. Measured on the 2-core VM (100 x 1 MiB files, fsync on, early writeback):
 batches of 16 and 64 wrote at 1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one
-fsynced file and directory at a time (the disk's write cache makes all of these swing)."""
+fsynced file and directory at a time without early writeback (the host's disk cache makes
+all of these swing)."""
 assert PUT_MANY_BLOCKS_MAX <= FILES_MAX
 FANOUT_COUNT = 256  # one directory per value of the digest's first byte (rule 1)
 GC_LOW_WATERMARK = 0.9
@@ -160,11 +165,11 @@ class BlockStore:
     def _make_directories(self) -> None:
         """The store's directories and the fan-out under ``blocks/``, durable (rule 6)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        made = [self.root]
+        made: list[Path] = []  # directories that gained a name
         for sub in ("blocks", "tmp", "quarantine"):
             if not (self.root / sub).is_dir():
                 (self.root / sub).mkdir()
-                made.append(self.root / sub)
+                made.append(self.root)
         blocks = self.root / "blocks"
         present = {entry.name for entry in os.scandir(blocks)}
         for index in range(FANOUT_COUNT):
