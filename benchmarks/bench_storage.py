@@ -2,6 +2,9 @@
 
 Run: ``python benchmarks/bench_storage.py --out bench-storage.json`` (64 MiB by default,
 ``--size-mib N`` to change; ``--fsync`` to fsync every block as the node does by default).
+"add into block store" is the node's ``store add`` path (``storage_local.add_file``:
+a ``BlockStore.batch``, then the pin); "add, one put per block" is the path
+before batching, measured in the same run for comparison.
 Prints MB/s for each step beside the machine's raw sha256 throughput measured in the same
 run (issue 5: local add should reach at least 50% of the sha256 bound). Works in a temp dir
 on the same disk as ``--dir`` (default: the system temp dir). Asserts nothing.
@@ -22,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from prsm_node.storage_local import add_file
+from prsm_node.storage_progress import Operation
 from storage.blockstore import BlockStore
 from storage.car import export_car, import_car
 from storage.unixfs import CHUNK_SIZE, add_path, iter_file
@@ -62,12 +67,23 @@ def local_figures(source: Path, work: Path, *, fsync: bool) -> dict[str, float]:
     sha256_mb_per_s(results)
     timed("add: chunk+hash+DAG", size, results, lambda: add_path(source, lambda b: None))
     store = BlockStore(work / "store", quota_bytes=4 * size, fsync=fsync)
+    operation = Operation(operation_id="bench", kind="add")
     added = timed(
-        "add into block store",
+        "add into block store",  # the node's path: one store batch, then the pin
         size,
         results,
-        lambda: add_path(source, lambda b: store.put(b, hashed_here=True)),
+        lambda: add_file(store, source, None, operation),
     )
+    single = BlockStore(work / "store-single", quota_bytes=4 * size, fsync=fsync)
+    timed(
+        "add, one put per block",  # the add path before batches; second, so the node's
+        # path above meets the disk first (a VM's first writes after a large file was
+        # written can be 10x slower; BENCHMARKS.md)
+        size,
+        results,
+        lambda: add_path(source, lambda b: single.put(b, hashed_here=True)),
+    )
+    single.close()
     root = added.root  # type: ignore[attr-defined]
     timed(
         "get: read file back",

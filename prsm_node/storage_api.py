@@ -110,7 +110,7 @@ class StorageMethods:
         result = await _run(
             operation,
             self._storage.in_thread(
-                add_file, self._storage.store, source, self._storage.put_hashed, operation
+                add_file, self._storage.store, source, self._storage.push, operation
             ),
         )
         operation.root = str(result.root)

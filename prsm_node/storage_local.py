@@ -4,7 +4,11 @@ Rules:
 1. Every function here is synchronous and may take long (it reads, hashes and writes whole
    files): the service calls it through ``trio.to_thread.run_sync``, never on the loop.
 2. Streaming: files and CARs move one block (at most 1 MiB) at a time; nothing holds a
-   whole file in memory.
+   whole file in memory. ``add_file`` writes each block as it is built and has the store
+   make them durable and index them in batches (``BlockStore.batch``), so the fsyncs,
+   directory fsyncs and index transaction are paid once per batch, not once per block.
+   Rejected: hashing in a second thread while this one writes (BENCHMARKS.md, "Local add
+   in batches"): slower on the shared 2-core machine.
 3. Outputs are written to ``<name>.part`` and renamed when complete, so an interrupted
    ``store get -o`` or ``export-car`` never leaves a truncated file under the real name.
 4. Errors are the core's typed ``StorageError``s or ``OSError``; the API maps them.
@@ -24,19 +28,26 @@ from storage.errors import InvalidDagError, LocalCommandError, StorageError
 from storage.unixfs import AddResult, Block, add_path, file_size, iter_file
 
 Put = Callable[[Block], bool]
+Push = Callable[[Block], None]
 
 
-def add_file(store: BlockStore, path: Path, put: Put, operation: Operation) -> AddResult:
-    """Chunk, hash and store ``path``; pin its root; check nothing was collected meanwhile."""
+def add_file(store: BlockStore, path: Path, push: Push | None, operation: Operation
+             ) -> AddResult:
+    """Chunk, hash and store ``path`` in one batch (rule 2), ``push`` each block (Kubo) as it
+    is written; pin the root once the batch has committed every block (with fsync: made
+    them durable); check nothing was collected meanwhile."""
     operation.bytes_total = path.stat().st_size
+    with store.batch(hashed_here=True) as batch:
 
-    def put_and_count(block: Block) -> None:
-        put(block)
-        operation.blocks_done += 1
-        if block.cid.codec == CODEC_RAW:
-            operation.bytes_done += len(block.data)
+        def put_and_count(block: Block) -> None:
+            batch.put(block)
+            if push is not None:
+                push(block)
+            operation.blocks_done += 1
+            if block.cid.codec == CODEC_RAW:
+                operation.bytes_done += len(block.data)
 
-    result = add_path(path, put_and_count)
+        result = add_path(path, put_and_count)
     store.pin(result.root)
     if store.missing_blocks(result.root, limit=1):
         # A put past the quota collects unpinned blocks, and this file's are unpinned

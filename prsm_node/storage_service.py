@@ -15,8 +15,9 @@ Rules:
    waits for the first), at most ``storage.fetches_max`` at once. The root is pinned
    *before* the fetch (the block store protects a pinned partial DAG from collection)
    when the caller wants it kept, and announced in the DHT once complete.
-4. Every block stored, whatever its source (add, fetch, CAR), goes through ``_put``, which
-   also pushes it to Kubo when ``storage.kubo_api`` is set (storage_kubo.py).
+4. Every block stored, whatever its source (add, fetch, CAR), goes through ``put``, or for
+   ``store add`` through a block-store batch followed by ``push`` (storage_local.add_file);
+   both push it to Kubo when ``storage.kubo_api`` is set (storage_kubo.py).
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class StorageService:
             self.kubo.put(block)
         return new
 
-    def put_hashed(self, block: Block) -> bool:
-        return self.put(block, hashed_here=True)
+    def push(self, block: Block) -> None:
+        """Push a block that a batch stored (``store add``) to Kubo, if set (rule 4)."""
+        if self.kubo is not None:
+            self.kubo.put(block)
 
     # -- serving (rule 2) -------------------------------------------------------------
 

@@ -1,12 +1,18 @@
 """The block store: verified blocks as files, indexed in SQLite, pinned, quota'd, collected.
 
 Rules:
-1. A block is written to ``tmp/`` under a unique name, fsynced, renamed to
-   ``blocks/<xx>/<cid>`` (``xx`` = the first digest byte in hex: the CID string's leading
-   characters encode version and codec and are the same for every block, so the fan-out
-   uses the digest), and only then indexed. A crash leaves at worst a temp file (removed at
-   the next open) or a file without an index row (adopted by ``verify``); never a partial
-   block under a real name, since a rename is atomic.
+1. Blocks are written in batches (``batch``; ``put_many`` is one batch, ``put`` a batch of
+   one) through a ``storage.durable.FileBatch``: each block's file is written to ``tmp/``
+   under a unique name as it is put; every ``PUT_MANY_BLOCKS_MAX`` blocks and when the
+   batch ends, the staged files are renamed to ``blocks/<xx>/<cid>`` (``xx`` = the first
+   digest byte in hex: the CID string's leading characters encode version and codec and
+   are the same for every block, so the fan-out uses the digest) and only then indexed,
+   in one SQLite transaction per commit. With ``fsync`` (the default) every file's data is
+   durable before its rename, and every rename is durable before the commit's rows are
+   written and before the commit returns (so before ``put`` returns and before ``store
+   add`` pins its root). A crash leaves at worst temp files (removed at the next open) or
+   files without an index row (adopted by ``verify``); never a partial block under a real
+   name, since a rename is atomic, and never a row whose file a crash could take back.
 2. Checked before the write and after the read (paired assertions, STYLE.md): ``put``
    refuses bytes that do not hash to their CID; ``get`` rehashes and quarantines a block
    that the disk corrupted, then raises ``CorruptBlockError``.
@@ -14,13 +20,20 @@ Rules:
    blocks present in the store* is pinned. Garbage collection removes only unpinned
    blocks, least recently accessed first; it never removes a pinned one. The shell pins a
    root before fetching it so the partial DAG is protected while it arrives.
-4. ``size_bytes`` never exceeds ``quota_bytes``: a ``put`` that would pass the quota first
-   collects unpinned blocks down to ``gc_low_watermark`` of the quota, and raises
-   ``QuotaExceededError`` if pinned data leaves no room.
+4. ``size_bytes`` never exceeds ``quota_bytes``; blocks staged by open batches count
+   against it too. A put that would pass the quota first commits its batch (staged blocks
+   cannot be collected; committed ones can), then collects unpinned blocks down to
+   ``gc_low_watermark`` of the quota, and raises ``QuotaExceededError`` if pinned data
+   leaves no room. Blocks already stored (or repeated within the batch) are not written
+   again and count once: a batch accounts exactly as one ``put`` after another.
 5. One process owns a store directory (an exclusive ``flock`` on ``lock``); within it, a
-   lock serialises the methods, so the shell may call them from worker threads. SQLite runs
+   lock serialises the methods, so the shell may call them from worker threads. A batch
+   takes it for each put and for each commit, not in between, so reads and the
+   exchange's puts go on while a ``store add`` is hashing. SQLite runs
    in WAL mode with ``synchronous=NORMAL``: a power cut may lose the last index rows, never
    a block file, and ``verify`` re-adopts such files.
+6. The 256 fan-out directories are created (and made durable) when the store opens, so a
+   write never pays a ``mkdir`` nor has to make a new directory's name durable.
 """
 
 from __future__ import annotations
@@ -32,12 +45,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage.cid import CODEC_DAG_PB, Cid
 from storage.dagpb import BLOCK_SIZE_MAX
+from storage.durable import FILES_MAX, FileBatch, fsync_directory
 from storage.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -49,6 +63,14 @@ from storage.errors import (
 from storage.unixfs import DAG_BLOCKS_MAX, DAG_DEPTH_MAX, Block, links_of
 
 LS_LIMIT_MAX = 10_000
+PUT_MANY_BLOCKS_MAX = 64
+"""A batch commits every 64 blocks: at most as many temp files and open descriptors (fsync
+on) per batch. Measured on the 2-core VM (100 x 1 MiB files, fsync on, early writeback):
+batches of 16 and 64 wrote at 1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one
+fsynced file and directory at a time without early writeback (the host's disk cache makes
+all of these swing)."""
+assert PUT_MANY_BLOCKS_MAX <= FILES_MAX
+FANOUT_COUNT = 256  # one directory per value of the digest's first byte (rule 1)
 GC_LOW_WATERMARK = 0.9
 """An automatic collection frees down to 90% of the quota, so a store that runs full does
 not walk its pins again on every following ``put``."""
@@ -90,6 +112,20 @@ class VerifyReport:
     adopted: tuple[Cid, ...]  # good files that had no index row (rows added)
 
 
+@dataclass(slots=True)
+class BlockBatch:
+    """One batch of puts in progress (``BlockStore.batch``): staged files and their sizes."""
+
+    store: BlockStore
+    files: FileBatch
+    hashed_here: bool
+    sizes: dict[Cid, int] = field(default_factory=dict)  # staged since the last commit
+
+    def put(self, block: Block) -> bool:
+        """Check and write ``block`` now, index it with the batch; True if it was new."""
+        return self.store._stage(self, block)
+
+
 class BlockStore:
     """Blocks under ``root`` (see the module rules); open one per directory per process."""
 
@@ -107,8 +143,7 @@ class BlockStore:
         self._low_watermark = gc_low_watermark
         self._lock = threading.RLock()
         self._names = itertools.count()
-        for sub in ("blocks", "tmp", "quarantine"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._make_directories()
         self._lock_file = open(self.root / "lock", "a+b")  # noqa: SIM115 - held while open
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,8 +158,27 @@ class BlockStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._staged_bytes = 0  # written by open batches, not yet indexed (rule 4)
         self._size_bytes = self._db.execute(
             "SELECT COALESCE(SUM(size), 0) FROM blocks").fetchone()[0]
+
+    def _make_directories(self) -> None:
+        """The store's directories and the fan-out under ``blocks/``, durable (rule 6)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        made: list[Path] = []  # directories that gained a name
+        for sub in ("blocks", "tmp", "quarantine"):
+            if not (self.root / sub).is_dir():
+                (self.root / sub).mkdir()
+                made.append(self.root)
+        blocks = self.root / "blocks"
+        present = {entry.name for entry in os.scandir(blocks)}
+        for index in range(FANOUT_COUNT):
+            if f"{index:02x}" not in present:
+                (blocks / f"{index:02x}").mkdir()
+                made.append(blocks)
+        if self._fsync:
+            for directory in sorted(set(made)):
+                fsync_directory(directory)
 
     def close(self) -> None:
         with self._lock:
@@ -196,48 +250,109 @@ class BlockStore:
     # -- writes -----------------------------------------------------------------------
 
     def put(self, block: Block, *, hashed_here: bool = False) -> bool:
-        """Store a block after checking it; True if it was new. See rules 1, 2 and 4.
+        """Store a block after checking it; True if it was new. A batch of one (rule 1)."""
+        return self.put_many([block], hashed_here=hashed_here)[0]
 
-        ``hashed_here``: the caller computed the CID from these very bytes in this process
+    def put_many(self, blocks: Sequence[Block], *, hashed_here: bool = False) -> list[bool]:
+        """Store blocks in one ``batch`` (committed every ``PUT_MANY_BLOCKS_MAX``); for
+        each, True if it was new (of a CID repeated in the list, the first)."""
+        with self.batch(hashed_here=hashed_here) as batch:
+            return [batch.put(block) for block in blocks]
+
+    @contextlib.contextmanager
+    def batch(self, *, hashed_here: bool = False) -> Iterator[BlockBatch]:
+        """A batch of puts (rule 1): each block's file is written by ``put`` at once, and
+        every ``PUT_MANY_BLOCKS_MAX`` blocks and on leaving the block they are made durable,
+        renamed and indexed together. If the block raises, the blocks staged since the last
+        commit are discarded (temp files removed, never indexed).
+
+        ``hashed_here``: the caller computed the CIDs from these very bytes in this process
         (``FileBuilder``), so the second hash would only double the cost of ``store add``;
         ``get`` still rehashes on every read. Never set it for bytes from a peer or a file."""
+        batch = BlockBatch(self, FileBatch(self.root / "tmp", durable=self._fsync),
+                           hashed_here=hashed_here)
+        try:
+            yield batch
+            self._commit(batch)
+        except BaseException:
+            self._abandon(batch)
+            raise
+
+    def _stage(self, batch: BlockBatch, block: Block) -> bool:
+        """Check ``block`` and write its temp file (rules 1, 2 and 4); True if new."""
         data = block.data
         if len(data) > BLOCK_SIZE_MAX:
             raise InvalidDataError(f"block of {len(data)} bytes exceeds {BLOCK_SIZE_MAX}")
-        if not hashed_here and not block.cid.matches(data):
+        if not batch.hashed_here and not block.cid.matches(data):
             raise CorruptBlockError(block.cid)
         with self._lock:
-            if self.has(block.cid):
+            if block.cid in batch.sizes or self.has(block.cid):
                 return False
-            if self._size_bytes + len(data) > self.quota_bytes:
-                target = int(self.quota_bytes * self._low_watermark) - len(data)
-                self._collect(max(0, target))
-                if self._size_bytes + len(data) > self.quota_bytes:
-                    raise QuotaExceededError(
-                        f"no room for {len(data)} bytes: {self._size_bytes} of "
-                        f"{self.quota_bytes} bytes are pinned or in use")
-            self._write_file(block.cid, data)
-            self._db.execute("INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)",
-                             (block.cid.to_bytes(), len(data), self._clock_ms()))
-            self._size_bytes += len(data)
-            return True
+            if batch.sizes and self._size_bytes + self._staged_bytes + len(data) \
+                    > self.quota_bytes:
+                # Staged blocks cannot be collected; committed, they are ordinary blocks,
+                # so a batch near the quota collects exactly as one put after another.
+                self._commit(batch)
+            self._make_room(self._staged_bytes + len(data))
+            batch.files.stage(self._path(block.cid), data, self._temp_name(block.cid))
+            batch.sizes[block.cid] = len(data)
+            self._staged_bytes += len(data)
+        if len(batch.sizes) == PUT_MANY_BLOCKS_MAX:
+            self._commit(batch)
+        return True
 
-    def _write_file(self, cid: Cid, data: bytes) -> None:
-        final = self._path(cid)
-        temporary = self.root / "tmp" / f"{cid}.{os.getpid()}.{next(self._names)}"
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            if self._fsync:
-                os.fsync(stream.fileno())
-        final.parent.mkdir(exist_ok=True)
-        os.replace(temporary, final)
-        if self._fsync:
-            directory = os.open(final.parent, os.O_RDONLY)
+    def _commit(self, batch: BlockBatch) -> None:
+        """Make the batch's files durable and visible, then index them in one transaction.
+        Under the lock throughout: a collection must not run between the rename and the
+        row (it could remove a file another thread had indexed meanwhile)."""
+        with self._lock:
+            batch.files.publish()
+            staged = sum(batch.sizes.values())
+            # Another thread may have stored one of these meanwhile (same bytes, same name).
+            present = self._indexed(list(batch.sizes))
+            rows = [(cid.to_bytes(), size, self._clock_ms())
+                    for cid, size in batch.sizes.items() if cid.to_bytes() not in present]
+            self._db.execute("BEGIN")
             try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+                self._db.executemany(
+                    "INSERT INTO blocks (cid, size, last_access_ms) VALUES (?, ?, ?)", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            self._size_bytes += sum(size for _cid, size, _ms in rows)
+            self._staged_bytes -= staged
+            batch.sizes.clear()
+            assert self._size_bytes + self._staged_bytes <= self.quota_bytes
+
+    def _abandon(self, batch: BlockBatch) -> None:
+        with self._lock:
+            batch.files.discard()
+            self._staged_bytes -= sum(batch.sizes.values())
+            batch.sizes.clear()
+
+    def _indexed(self, cids: list[Cid]) -> set[bytes]:
+        """Which of ``cids`` (at most ``PUT_MANY_BLOCKS_MAX``) have an index row."""
+        if not cids:
+            return set()
+        keys = [cid.to_bytes() for cid in cids]
+        marks = ",".join("?" * len(keys))
+        return {row[0] for row in self._db.execute(
+            f"SELECT cid FROM blocks WHERE cid IN ({marks})", keys)}
+
+    def _make_room(self, size: int) -> None:
+        """Collect unpinned blocks if ``size`` more bytes would pass the quota (rule 4)."""
+        if self._size_bytes + size <= self.quota_bytes:
+            return
+        self._collect(max(0, int(self.quota_bytes * self._low_watermark) - size))
+        if self._size_bytes + size > self.quota_bytes:
+            raise QuotaExceededError(
+                f"no room for {size} bytes: {self._size_bytes} of "
+                f"{self.quota_bytes} bytes are pinned or in use")
+
+    def _temp_name(self, cid: Cid) -> str:
+        """Unique in this process; the CID first, so a leftover names its block."""
+        return f"{cid}.{os.getpid()}.{next(self._names)}"
 
     def _drop_row(self, cid: Cid) -> None:
         row = self._db.execute("DELETE FROM blocks WHERE cid = ? RETURNING size",

@@ -98,6 +98,10 @@ class FileBuilder:
     def add(self, data: bytes | memoryview) -> list[Block]:
         """Feed the next bytes of the file (any length)."""
         assert self.root is None, "add after finish"
+        if not self._pending and isinstance(data, bytes) and len(data) == self.chunk_size:
+            # read_chunks yields whole chunks: keep the bytes object instead of copying
+            # 1 MiB (5% of a ``store add`` without fsync, cProfile).
+            return self._add_leaf(data)
         out: list[Block] = []
         view = memoryview(data)
         if self._pending:

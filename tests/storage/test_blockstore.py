@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.blockstore import BlockStore
+from storage import durable
+from storage.blockstore import PUT_MANY_BLOCKS_MAX, BlockStore
 from storage.cid import raw_cid
 from storage.errors import (
     BlockNotFoundError,
@@ -193,3 +194,141 @@ def test_quota_full_of_pinned_blocks_refuses_new_ones(tmp_path: Path) -> None:
 def test_bad_quota_is_a_local_error(tmp_path: Path) -> None:
     with pytest.raises(LocalCommandError):
         BlockStore(tmp_path, quota_bytes=10)
+
+
+# -- batches (put_many, batch) --------------------------------------------------------
+
+
+def block_files(root: Path) -> list[Path]:
+    return sorted((root / "blocks").glob("*/*"))
+
+
+def test_put_many_skips_blocks_already_stored_or_repeated_in_the_batch(
+    tmp_path: Path,
+) -> None:
+    with open_store(tmp_path) as store:
+        old, new, other = block(b"old"), block(b"new" * 100), block(b"other" * 7)
+        assert store.put(old)
+        assert store.put_many([old, new, new, other, old]) == [False, True, False, True, False]
+        assert store.stat().block_count == 3
+        assert store.stat().size_bytes == sum(len(b.data) for b in (old, new, other))
+        assert len(block_files(tmp_path)) == 3
+        assert store.get(new.cid) == new.data
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert store.put_many([]) == []
+
+
+def test_put_many_refuses_a_batch_with_bytes_that_are_not_their_cid(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        good = block(b"good")
+        with pytest.raises(CorruptBlockError):
+            store.put_many([good, Block(raw_cid(b"a"), b"b")])
+        assert store.stat().block_count == 0 and store.stat().size_bytes == 0
+        assert block_files(tmp_path) == [] and list((tmp_path / "tmp").iterdir()) == []
+
+
+def _fill(store: BlockStore, blocks: list[Block], *, batched: bool) -> None:
+    """Pins first (they call the clock too), then every block, one way or the other."""
+    store.pin(blocks[0].cid)
+    store.pin(blocks[5].cid)
+    if batched:
+        with store.batch() as batch:
+            for b in blocks:
+                batch.put(b)
+    else:
+        for b in blocks:
+            store.put(b)
+
+
+def test_a_batch_accounts_and_collects_exactly_as_one_put_after_another(
+    tmp_path: Path,
+) -> None:
+    """Past the quota a batch commits, then collects: the same blocks survive."""
+    size = 300 * 1024
+    blocks = [block(bytes([i % 23]) * (size - i)) for i in range(80)]  # 24 MB, 4 MiB quota
+    blocks += blocks[:10]  # repeats, collected meanwhile or not
+    stats, listings = [], []
+    for batched in (False, True):
+        directory = tmp_path / str(batched)
+        with open_store(directory, quota_bytes=4 * MiB, gc_low_watermark=0.75) as store:
+            _fill(store, blocks, batched=batched)
+            stats.append(store.stat())
+            listings.append(store.ls(limit=1000))
+            assert store.has(blocks[0].cid) and store.has(blocks[5].cid)  # pinned
+            assert store.stat().block_count < 80  # it did collect
+            assert store.stat().size_bytes <= store.quota_bytes
+            assert store.stat().size_bytes == sum(p.stat().st_size
+                                                  for p in block_files(directory))
+            assert store.verify().missing == ()
+    assert stats[0] == stats[1]
+    assert listings[0] == listings[1]
+
+
+def test_a_batch_commits_every_put_many_blocks_max_blocks(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store, store.batch() as batch:
+        blocks = [block(i.to_bytes(4, "big")) for i in range(PUT_MANY_BLOCKS_MAX + 1)]
+        for b in blocks:
+            assert batch.put(b)
+        assert all(store.has(b.cid) for b in blocks[:-1])  # committed at the 64th
+        assert not store.has(blocks[-1].cid)  # staged: written, not yet visible
+        assert len(list((tmp_path / "tmp").iterdir())) == 1
+    with open_store(tmp_path) as again:
+        assert again.stat().block_count == PUT_MANY_BLOCKS_MAX + 1
+
+
+def test_an_error_inside_a_batch_discards_what_it_staged(tmp_path: Path) -> None:
+    size = MiB
+    with open_store(tmp_path, quota_bytes=2 * size + 10) as store:
+        with pytest.raises(RuntimeError), store.batch() as batch:
+            batch.put(block(b"a" * size))
+            batch.put(block(b"b" * size))
+            raise RuntimeError("the source file could not be read")
+        assert store.stat().block_count == 0 and store.stat().size_bytes == 0
+        assert block_files(tmp_path) == [] and list((tmp_path / "tmp").iterdir()) == []
+        # what it staged no longer counts against the quota
+        assert store.put_many([block(b"c" * size), block(b"d" * size)]) == [True, True]
+
+
+def test_a_batch_into_a_quota_full_of_pinned_blocks_is_refused(tmp_path: Path) -> None:
+    size = MiB
+    with open_store(tmp_path, quota_bytes=2 * size + 10) as store:
+        pinned = [block(bytes([i]) * size) for i in range(2)]
+        store.put_many(pinned)
+        for b in pinned:
+            store.pin(b.cid)
+        with pytest.raises(QuotaExceededError):
+            store.put_many([block(b"small"), block(b"z" * size)])
+        assert store.stat().block_count == 2
+        assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_block_stored_by_another_put_during_a_batch_is_indexed_once(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store, store.batch() as batch:
+        shared = block(b"fetched and added at once")
+        assert batch.put(shared)
+        assert store.put(shared)  # the exchange stores it before the batch commits
+    with open_store(tmp_path) as again:
+        assert again.stat().block_count == 1
+        assert again.stat().size_bytes == len(shared.data)
+        assert again.get(shared.cid) == shared.data
+
+
+def test_the_fan_out_directories_exist_from_the_open(tmp_path: Path) -> None:
+    with open_store(tmp_path):
+        names = sorted(p.name for p in (tmp_path / "blocks").iterdir())
+        assert names == [f"{i:02x}" for i in range(256)]
+
+
+@pytest.mark.parametrize("early_writeback", [True, False])
+def test_a_durable_batch_stores_with_or_without_early_writeback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, early_writeback: bool
+) -> None:
+    """``sync_file_range`` is only a hint: without it (not Linux) the fsyncs alone remain."""
+    if not early_writeback:
+        monkeypatch.setattr(durable, "_sync_file_range", None)
+    blocks = [block(bytes([i]) * 5000) for i in range(70)]
+    with BlockStore(tmp_path, quota_bytes=64 * MiB, fsync=True) as store:
+        assert store.put_many(blocks) == [True] * 70
+    with open_store(tmp_path) as again:
+        assert again.verify().checked_count == 70
+        assert all(again.get(b.cid) == b.data for b in blocks)

@@ -2,7 +2,10 @@
 
 A separate writer process puts blocks of random sizes (fsync on, as the node does by
 default) into one store whose quota is small, so the store also collects garbage on its
-own while it is being killed. Each of ROUNDS rounds kills the writer after a random delay
+own while it is being killed. It writes either one ``put`` at a time (the exchange) or
+in batches of 1-100 blocks (``store add``; a batch commits every 64 blocks and early when
+the quota is near), so kills land while a batch's files are staged, fsynced, renamed or
+indexed. Each of ROUNDS rounds kills the writer after a random delay
 (seeded), then opens the store in this process and checks, independently of the store's
 own hashing (hashlib on the file bytes):
 - every file under ``blocks/`` is named by a CID whose digest is the sha256 of its bytes;
@@ -22,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from storage.blockstore import BlockStore
 from storage.cid import CODEC_RAW, Cid
 
@@ -37,10 +42,16 @@ from storage.cid import raw_cid
 from storage.unixfs import Block
 store = BlockStore(sys.argv[1], quota_bytes=int(sys.argv[3]), fsync=True)
 rng = random.Random(sys.argv[2])
-print("ready", flush=True)
-while True:
+def block():
     data = rng.randbytes(rng.randint(1, 1 << 20))  # distinct, up to one full block
-    store.put(Block(raw_cid(data), data))
+    return Block(raw_cid(data), data)
+print("ready", flush=True)
+while sys.argv[4] == "put":
+    store.put(block())
+while sys.argv[4] == "batch":
+    with store.batch() as batch:
+        for _ in range(rng.randint(1, 100)):
+            batch.put(block())
 """
 
 
@@ -55,15 +66,17 @@ def check_files_independently(root: Path) -> None:
         assert hashlib.sha256(path.read_bytes()).digest() == cid.digest, path
 
 
+@pytest.mark.parametrize("mode", ["put", "batch"])
 def test_sigkill_mid_write_never_leaves_a_corrupt_block_under_a_real_name(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
     rng = random.Random(SEED)
     store_dir = tmp_path / "store"
     temp_files_left = adopted_total = 0
     for round_index in range(ROUNDS):
         writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(store_dir), f"{SEED}-{round_index}", str(QUOTA)],
+            [sys.executable, "-c", WRITER, str(store_dir), f"{SEED}-{round_index}", str(QUOTA),
+             mode],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
@@ -101,5 +114,6 @@ def test_sigkill_mid_write_never_leaves_a_corrupt_block_under_a_real_name(
     assert block_files(store_dir), "the writer never wrote a block: the test proves nothing"
     # Evidence that kills landed inside a put (between the temp file and the rename, or
     # between the rename and the index row), not only between puts.
-    print(f"{ROUNDS} kills: {temp_files_left} temp files left, {adopted_total} orphans adopted")
+    print(f"{mode}: {ROUNDS} kills: {temp_files_left} temp files left, "
+          f"{adopted_total} orphans adopted")
     assert temp_files_left + adopted_total >= 1
