@@ -61,6 +61,8 @@ SYNC_ON_CONNECT_MAX = 3
 SYNC_QUEUE_MAX = 16
 EXPIRY_INTERVAL_S_MAX = 5.0
 ANNOUNCE_COALESCE_S = 2.0
+MESH_POLL_S = 1.0  # the GossipSub heartbeat, which is when meshes change
+MESH_WAIT_S = 600.0
 LOCAL_VERDICTS_MAX = 64
 
 
@@ -191,6 +193,7 @@ class RegistryService:
                 nursery.start_soon(self._write_loop)
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._announce_loop)
+                nursery.start_soon(self._announce_when_meshed)
                 nursery.start_soon(self._sync_loop)
                 if self.config.gpu_probe:
                     nursery.start_soon(self._probe_hardware)
@@ -311,6 +314,17 @@ class RegistryService:
                 # same announcement.
                 await trio.sleep(ANNOUNCE_COALESCE_S)
             self._announce_now = trio.Event()
+
+    async def _announce_when_meshed(self) -> None:
+        """Announce again once the capability topic first has mesh peers. The start-up
+        announcement usually goes out before any GRAFT (30 nodes on 2 cores took minutes
+        to mesh), and then reaches the others only through their sync pulls, which time out
+        on a loaded network; gossip to a mesh reaches them in one heartbeat."""
+        topic = Kind.CAPABILITY.topic
+        with trio.move_on_after(MESH_WAIT_S):
+            while not self.gossip.router.mesh.get(topic):
+                await trio.sleep(MESH_POLL_S)
+            self._announce_now.set()
 
     async def _announce_capabilities(self) -> None:
         config = self.config
