@@ -74,9 +74,9 @@ FETCH_ROUNDS_MAX = 16
 retransmit tick if it is still behind."""
 FETCH_IDLE_BACKOFF_S = (0.5, 1.0, 2.0)
 """After fetches that brought nothing (a follower at the head of an idle chain), the next
-`NeedBlocks` waits this long (by streak; the last value repeats): 29 followers asking every
-500 ms tick kept the validator they ask answering ~60 empty requests a second. Any block
-fetched resets it."""
+`NeedBlocks` waits this long (by streak; the last value repeats): 29 followers asking on
+every 500 ms tick send the validators ~58 empty requests a second. Any block fetched
+resets it; a follower of an idle chain sees a new block up to 2 s late."""
 PERSIST_EFFECTS = (rx.PersistView, rx.PersistSlot, rx.PersistCheckpoint, rx.PersistBlock)
 
 
