@@ -36,7 +36,8 @@ class Mempool:
         self.total_max = total_max
         self.per_sender_max = per_sender_max
         self._txs: dict[bytes, SignedTx] = {}
-        self._arrival: dict[bytes, tuple[int, int]] = {}  # hash -> (arrival seq, now_ms)
+        # hash -> (arrival seq, now_ms, sha256 of the wire bytes: the key in _wire)
+        self._arrival: dict[bytes, tuple[int, int, bytes]] = {}
         self._by_sender: dict[bytes, set[bytes]] = {}  # sender -> pending tx hashes
         self._wire: dict[bytes, bytes] = {}  # sha256(wire bytes) -> tx hash
         self._next = 0
@@ -59,7 +60,8 @@ class Mempool:
         return self._wire.get(sha256(data).digest())
 
     def admit(self, data: bytes, state: LedgerState, now_ms: int) -> SignedTx:
-        if self.pending_hash(data) is not None:
+        wire_key = sha256(data).digest()  # hashed once: the duplicate check and _wire's key
+        if wire_key in self._wire:
             raise TxRejected("duplicate", "this transaction is already pending")
         tx = decode_tx(data, state.params.tx_size_max)
         if tx.tx_hash in self._txs:
@@ -80,16 +82,15 @@ class Mempool:
             raise TxRejected("sender_quota", f"this account already has {self.per_sender_max} "
                              "pending transactions; wait for a block")
         self._txs[tx.tx_hash] = tx
-        self._arrival[tx.tx_hash] = (self._next, now_ms)
+        self._arrival[tx.tx_hash] = (self._next, now_ms, wire_key)
         self._next += 1
         pending.add(tx.tx_hash)
-        self._wire[sha256(tx.encoded).digest()] = tx.tx_hash
+        self._wire[wire_key] = tx.tx_hash
         return tx
 
     def _remove(self, tx_hash: bytes) -> None:
         tx = self._txs.pop(tx_hash)
-        del self._arrival[tx_hash]
-        del self._wire[sha256(tx.encoded).digest()]
+        del self._wire[self._arrival.pop(tx_hash)[2]]
         pending = self._by_sender[tx.body.sender]
         pending.discard(tx_hash)
         if not pending:
@@ -102,7 +103,7 @@ class Mempool:
 
     def older_than(self, at_ms: int, limit: int) -> list[SignedTx]:
         """Pending since before ``at_ms`` (re-forwarded to the primary), in arrival order."""
-        old = [h for h, (_, arrived) in self._arrival.items() if arrived <= at_ms]
+        old = [h for h, (_, arrived, _) in self._arrival.items() if arrived <= at_ms]
         return [self._txs[h] for h in old[:limit]]
 
     def has_executable(self, state: LedgerState) -> bool:
