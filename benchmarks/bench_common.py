@@ -6,6 +6,7 @@ Scripts run as `python benchmarks/NAME.py`, so this directory is on sys.path fir
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -19,6 +20,12 @@ def percentile(values: list[float], fraction: float) -> float:
     """The value at `fraction` of the sorted values (nearest rank); 0.0 for none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(figures: dict[str, Any], out: Path | None) -> None:

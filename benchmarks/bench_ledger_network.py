@@ -16,13 +16,17 @@ is acknowledged commits per second. Results go in BENCHMARKS.md with date and ma
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from bench_common import percentile, report
+from bench_common import cpu_seconds, percentile, report
 
 from consensus.codec import Ed25519Signer
 from consensus.genesis import Genesis
@@ -34,6 +38,20 @@ from prsm_node.devnet import Devnet, devnet_init, wait_for
 from prsm_node.identity import read_seed
 
 SINK = "aa" * 32
+# PRSM_BENCH_KEEP=1 keeps the devnet's data dirs (logs included) for a post-mortem.
+KEEP_DATA = os.environ.get("PRSM_BENCH_KEEP") == "1"
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[str]:
+    """A fresh directory under /tmp, removed afterwards unless PRSM_BENCH_KEEP=1."""
+    if KEEP_DATA:
+        directory = tempfile.mkdtemp(prefix="prsm-bench-", dir="/tmp")
+        print(f"devnet data kept in {directory}", file=sys.stderr)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory:
+        yield directory
 
 
 def client_loop(
@@ -59,7 +77,7 @@ def start_meshed(devnet: Devnet) -> None:
 
 def run(validators: int, seconds: float, clients_per_node: int) -> dict[str, object]:
     with (
-        tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory,
+        scratch_dir() as directory,
         Devnet(devnet_init(Path(directory) / "net", validators)) as devnet,
     ):
         start_meshed(devnet)
@@ -129,18 +147,30 @@ def presigned(devnet: Devnet, index: int, count: int) -> list[str]:
     ]
 
 
-def push(devnet: Devnet, index: int, txs: list[str], errors: list[str]) -> None:
+def push(devnet: Devnet, index: int, txs: list[str], batch: int, errors: list[str]) -> None:
+    """Submit `txs` in order, `batch` to a JSON-RPC batch (one round trip each)."""
     with devnet.client(index, timeout_s=60) as client:
-        for tx in txs:
+        for start in range(0, len(txs), batch):
+            requests = [
+                {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tx_submit",
+                    "params": {"tx": tx, "wait": False},
+                }
+                for i, tx in enumerate(txs[start : start + batch])
+            ]
             try:
-                client.call("tx_submit", {"tx": tx, "wait": False})
+                replies = client.call_raw(requests)
             except ControlClientError as error:
                 errors.append(str(error)[:120])
+                continue
+            errors.extend(str(reply["error"])[:120] for reply in replies or [] if "error" in reply)
 
 
-def run_admit(validators: int, per_node: int) -> dict[str, object]:
+def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, object]:
     with (
-        tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory,
+        scratch_dir() as directory,
         Devnet(devnet_init(Path(directory) / "net", validators)) as devnet,
     ):
         configure_for_saturation(devnet, per_node)
@@ -148,9 +178,12 @@ def run_admit(validators: int, per_node: int) -> dict[str, object]:
         start_meshed(devnet)
         total, errors = validators * per_node, []
         threads = [
-            threading.Thread(target=push, args=(devnet, index, batches[index], errors))
+            threading.Thread(target=push, args=(devnet, index, batches[index], push_batch, errors))
             for index in range(validators)
         ]
+        pids = [devnet.pid(index) for index in range(validators)]
+        cpu_before = [cpu_seconds(pid) for pid in pids]
+        own_cpu_before = time.process_time()
         began = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -164,12 +197,15 @@ def run_admit(validators: int, per_node: int) -> dict[str, object]:
             f"all {total} transfers committed",
         )
         elapsed = time.perf_counter() - began
+        cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
+        own_cpu = time.process_time() - own_cpu_before
         height = devnet.call(0, "ledger_head")["height"]
         roots = {devnet.call(i, "ledger_head")["state_root"] for i in range(validators)}
     return {
         "mode": "admit",
         "validators": validators,
         "transactions": total,
+        "push_batch": push_batch,
         "push_s": round(pushed_s, 2),
         "seconds": round(elapsed, 2),
         "tx_per_s": round(total / elapsed, 1),
@@ -178,6 +214,11 @@ def run_admit(validators: int, per_node: int) -> dict[str, object]:
         "errors": len(errors),
         "error_sample": errors[:3],
         "state_roots_after_load": len(roots),
+        # CPU time is what the 2 cores can give; per transaction it does not swing with
+        # the neighbours' load the way wall-clock throughput does.
+        "cpu_s_by_node": [round(c, 2) for c in cpu],
+        "cpu_us_per_tx_nodes": round(sum(cpu) / total * 1e6),
+        "cpu_us_per_tx_load_generator": round(own_cpu / total * 1e6),
     }
 
 
@@ -188,10 +229,13 @@ def main() -> None:
     parser.add_argument("--clients-per-node", type=int, default=24)
     parser.add_argument("--mode", choices=["wait", "admit"], default="wait")
     parser.add_argument("--per-node", type=int, default=2500, help="admit mode: txs per node")
+    parser.add_argument(
+        "--push-batch", type=int, default=100, help="admit mode: tx_submit calls per JSON-RPC batch"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.mode == "admit":
-        figures = run_admit(args.validators, args.per_node)
+        figures = run_admit(args.validators, args.per_node, args.push_batch)
     else:
         figures = run(args.validators, args.seconds, args.clients_per_node)
     report(figures, args.out)

@@ -173,6 +173,10 @@ class Devnet:
         for index in range(len(self.nodes)):
             self.start(index)
 
+    def pid(self, index: int) -> int:
+        """The process id of a started node (benchmarks read its CPU time from /proc)."""
+        return self._processes[index].pid
+
     def client(self, index: int, timeout_s: float = 10.0) -> ControlClient:
         return ControlClient(self.nodes[index].socket_path, timeout_s=timeout_s)
 
