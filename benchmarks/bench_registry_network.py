@@ -130,16 +130,16 @@ def event_loops(devnet: Devnet) -> list[dict[str, Any]]:
 
 def loop_figures(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, Any]:
     """What held the nodes' event loops during a phase (the monitor's counters are totals
-    since start; the worst pauses are maxima since start, so read them as upper bounds)."""
+    since start; the worst stalls are maxima since start, so read them as upper bounds)."""
     return {
-        "slow_steps": sum(a["slow_steps"] - b["slow_steps"] for a, b in zip(after, before,
-                                                                              strict=True)),
+        "stalls": sum(a["stalls"] - b["stalls"] for a, b in zip(after, before, strict=True)),
         "full_collections": sum(a["gc_collections"][2] - b["gc_collections"][2]
                                 for a, b in zip(after, before, strict=True)),
         "gc_pause_ms_max": max(a["gc_pause_ms_max"] for a in after),
-        "slowest_steps": sorted((s | {"node": i} for i, a in enumerate(after)
-                                 for s in a["slow_by_task"]),
-                                key=lambda s: -s["wall_ms_max"])[:5],
+        "lag_ms_max": max(a["lag_ms_max"] for a in after),
+        "worst_stalls": sorted((s | {"node": i} for i, a in enumerate(after)
+                                for s in a["stalls_by_location"]),
+                               key=lambda s: -s["wall_ms_max"])[:5],
     }
 
 

@@ -150,8 +150,13 @@ class LogConfig:
     )
     file_count_max: int = _key("rotated log files kept", 5, _between(1, 100))
     slow_step_ms: int = _key(
-        "log a task that holds the event loop this long (wall ms); 0 turns the check off",
+        "log when the event loop falls this far behind (wall ms), with the code that held "
+        "it; 0 turns the check off",
         250, _between(0, 60_000),
+    )
+    count_task_steps: bool = _key(
+        "also time every trio task step and count steps per task (diagnosis; costs CPU "
+        "per step)", False,
     )
 
 

@@ -37,7 +37,7 @@ from prsm_node.jobs_service import JobsService
 from prsm_node.ledger_api import LedgerMethods
 from prsm_node.ledger_genesis import GENESIS_FILE_NAME, ensure_genesis
 from prsm_node.ledger_service import LedgerService
-from prsm_node.loop_monitor import SlowStepMonitor
+from prsm_node.loop_monitor import LoopMonitor
 from prsm_node.net.host import ConnectionEvent, build_host
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
@@ -48,6 +48,7 @@ from prsm_node.registry.service import RegistryService
 from prsm_node.storage_api import register_storage_methods
 from prsm_node.storage_replication import Replicator
 from prsm_node.storage_service import StorageService
+from prsm_node.task_steps import SlowStepMonitor
 
 log = structlog.get_logger(__name__)
 
@@ -73,7 +74,7 @@ class NodeContext:
     registry: RegistryService
     started_monotonic: float
     shutdown_requested: trio.Event
-    loop_monitor: SlowStepMonitor | None
+    loop_monitor: LoopMonitor | None
 
     def peer_id(self) -> str:
         return self.host.get_id().to_base58()
@@ -133,7 +134,7 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
         _freeze_startup_heap(context.loop_monitor)
 
 
-def _freeze_startup_heap(monitor: SlowStepMonitor | None) -> None:
+def _freeze_startup_heap(monitor: LoopMonitor | None) -> None:
     """Move what start-up allocated (modules, libp2p, services: ~110k objects) out of the
     collector's reach. Those objects live as long as the node, yet every full collection
     walked them: ~90 ms of CPU per pause, measured at 1.1-1.6 s of wall time on a loaded
@@ -222,16 +223,21 @@ def _build_services(
         replicator=Replicator(storage, wire),
         started_monotonic=time.monotonic(),
         shutdown_requested=trio.Event(),
-        loop_monitor=_install_loop_monitor(config.log.slow_step_ms),
+        loop_monitor=_loop_monitor(config.log.slow_step_ms, config.log.count_task_steps),
     )
 
 
-def _install_loop_monitor(threshold_ms: int) -> SlowStepMonitor | None:
+def _loop_monitor(threshold_ms: int, count_task_steps: bool) -> LoopMonitor | None:
+    """The monitor (its heartbeat starts with the services); the per-step instrument only
+    when asked for, since it costs CPU on every task step."""
     if threshold_ms == 0:
         return None
-    monitor = SlowStepMonitor(threshold_ms)
+    task_steps = None
+    if count_task_steps:
+        task_steps = SlowStepMonitor(threshold_ms)
+        trio.lowlevel.add_instrument(task_steps)
+    monitor = LoopMonitor(threshold_ms, task_steps)
     monitor.watch_gc()
-    trio.lowlevel.add_instrument(monitor)
     return monitor
 
 
@@ -243,6 +249,8 @@ async def _start_services(
     """Start in dependency order: the block store and the registry (whose pubsub must run
     before connections arrive) are open before the control socket takes calls, and the
     node answers on the socket before it dials anyone."""
+    if context.loop_monitor is not None:
+        nursery.start_soon(context.loop_monitor.run)
     dispatcher = Dispatcher()
     register_node_methods(dispatcher, context)
     register_dht_methods(dispatcher, context.dht)

@@ -88,6 +88,9 @@ def test_ping_round_trip_over_the_framed_layer(make_devnet: Callable[..., Devnet
     # the two validators), not one per request: 20 pings went over one stream.
     assert 1 <= stats["wire"]["streams_opened"] <= 5
     assert stats["scores"]["rejected_total"] == 0
+    # The loop monitor's heartbeat runs in a node (threshold from the default config).
+    assert stats["event_loop"]["threshold_ms"] == 250
+    assert stats["event_loop"]["heartbeats"] > 0
 
 
 def test_ping_to_a_peer_we_are_not_connected_to_is_a_clear_error(
