@@ -201,6 +201,7 @@ def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, obje
         own_cpu = time.process_time() - own_cpu_before
         height = devnet.call(0, "ledger_head")["height"]
         roots = {devnet.call(i, "ledger_head")["state_root"] for i in range(validators)}
+        frames = devnet.call(0, "node_statistics")["ledger"]["frames_received"]
     return {
         "mode": "admit",
         "validators": validators,
@@ -219,6 +220,7 @@ def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, obje
         "cpu_s_by_node": [round(c, 2) for c in cpu],
         "cpu_us_per_tx_nodes": round(sum(cpu) / total * 1e6),
         "cpu_us_per_tx_load_generator": round(own_cpu / total * 1e6),
+        "node0_pbft_frames_received": frames,
     }
 
 

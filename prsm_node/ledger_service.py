@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from consensus.errors import PeerProtocolError as ConsensusPeerError
 from consensus.genesis import Genesis
 from consensus.job_tx import TxHeader
 from consensus.ledger import LedgerState
-from consensus.messages import decode_frame, encode_frame
+from consensus.messages import Forward, decode_frame, encode_frame
 from consensus.replica import Replica
 from consensus.store import LedgerStore
 from consensus.tx import TxBody, TxKind, sign_tx
@@ -60,10 +61,16 @@ from prsm_node.ledger_follow import (
 )
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
+from prsm_node.priority_lock import PriorityLock
 
 log = structlog.get_logger(__name__)
 
 PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
+MEMPOOL_PROTOCOL = "/prsm/pbft-mempool/2.0.0"
+"""FORWARDs (mempool gossip: the same signed PBFT frames) get their own stream: the wire
+serves one stream's requests in order, and votes queued behind a backlog of transaction
+batches were what stalled blocks under load (CometBFT gives the mempool its own channel
+at a lower priority than consensus for the same reason)."""
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
@@ -124,7 +131,8 @@ class LedgerService:
         self._index_of_peer: dict[str, int] = {}
         self.index: int | None = None
         self._configure(self.replica.epoch, self.replica.validators, self.replica.index)
-        self._lock = trio.Lock()
+        # Replica inputs one at a time; consensus (votes, timers, blocks) before admission.
+        self._lock = PriorityLock()
         self._timers: list[tuple[int, int, rx.TimerId]] = []
         self._timer_order = itertools.count()
         self._timer_changed = trio.Event()
@@ -136,6 +144,8 @@ class LedgerService:
         self._fetch_turn = 0
         self._fetch_idle_streak = 0
         self._fetch_not_before = 0.0
+        self.frames_received: Counter[str] = Counter()  # PBFT frames by message kind
+        self._view_seen: tuple[int, str] | None = None
         self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0,
                          "frames_from_non_members": 0, "validator_set_changes": 0}
         self._nursery: trio.Nursery | None = None
@@ -160,6 +170,7 @@ class LedgerService:
     def statistics(self) -> dict[str, Any]:
         """Shell counters plus the replica's own snapshot (view, phase, heights, ...)."""
         return {"height": self.ledger().height, **self.counters,
+                "frames_received": dict(self.frames_received),
                 **asdict(self.replica.statistics())}
 
     def ledger(self) -> LedgerState:
@@ -180,6 +191,7 @@ class LedgerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._wire.register(PBFT_PROTOCOL, self._serve)
+        self._wire.register(MEMPOOL_PROTOCOL, self._serve)
         self._wire.register(LEDGER_PROTOCOL, self._serve_blocks)
         self._wire.register(LEDGER_TX_PROTOCOL, self._serve_tx)
         try:
@@ -191,7 +203,7 @@ class LedgerService:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
-                async with self._lock:  # no write may be half-way when the store closes
+                async with self._lock.hold(urgent=True):  # no write half-way at close
                     self.store.close()
 
     async def _serve(self, peer: str, payload: Any) -> bytes:
@@ -204,13 +216,16 @@ class LedgerService:
                 message = decode_frame(peer, payload)
             except ConsensusPeerError:
                 return b""
-            await self._feed(rx.MessageReceived(peer=None, message=message))  # its epoch
+            await self._feed(rx.MessageReceived(peer=None, message=message),  # its epoch
+                             urgent=not isinstance(message.body, Forward))
             return b""
         try:
             message = decode_frame(index, payload)
         except ConsensusPeerError as error:
             raise PeerProtocolError(peer, f"pbft: {error}") from None
-        async with self._lock:  # the mapping may have changed while we decoded
+        self.frames_received[type(message.body).__name__] += 1
+        # the mapping may have changed while we decoded, hence the check under the lock
+        async with self._lock.hold(urgent=not isinstance(message.body, Forward)):
             if self._index_of_peer.get(peer) != index:
                 index = None
             await self._perform(self.replica.handle(
@@ -219,11 +234,11 @@ class LedgerService:
 
     async def block(self, height: int) -> Any:
         """(block, certificate) at `height` from the store, or None."""
-        async with self._lock:  # the store is one connection: one caller at a time
+        async with self._lock.hold(urgent=False):  # the store is one connection
             return await trio.to_thread.run_sync(self.store.block, height)
 
     async def _serve_blocks(self, peer: str, payload: Any) -> dict[str, Any]:
-        async with self._lock:  # never read the store half-way through a write
+        async with self._lock.hold(urgent=False):  # never read it half-way through a write
             return await serve_blocks(self.store, peer, payload)
 
     def _start_fetch(self) -> None:
@@ -283,11 +298,14 @@ class LedgerService:
             log.info("ledger.followed", peer=peer, height=self.ledger().height)
         return len(blocks) == BLOCKS_PER_REQUEST_MAX
 
-    async def _feed(self, event: Any) -> None:
-        async with self._lock:
+    async def _feed(self, event: Any, *, urgent: bool = True) -> None:
+        """Hand the replica one input and perform its effects; clients' transactions are
+        not urgent (PriorityLock)."""
+        async with self._lock.hold(urgent=urgent):
             await self._perform(self.replica.handle(unix_ms(), event))
 
     async def _perform(self, effects: list[Any]) -> None:
+        self._note_view()
         batch: list[Any] = []
         for effect in effects:
             if isinstance(effect, PERSIST_EFFECTS):
@@ -300,14 +318,25 @@ class LedgerService:
         if batch:
             await trio.to_thread.run_sync(self.store.write_batch, batch)
 
+    def _note_view(self) -> None:
+        """Log view changes at info: in a healthy network they are rare, and each costs
+        at least a timeout of no commits, so an operator wants to see them."""
+        view, phase = self.replica.view, self.replica.phase.value
+        if (view, phase) == self._view_seen:
+            return
+        self._view_seen = (view, phase)
+        log.info("ledger.view", view=view, phase=phase, height=self.replica.executed,
+                 mempool=len(self.replica.mempool), primary=self.replica.primary())
+
     def _perform_one(self, effect: Any) -> None:
         if isinstance(effect, rx.Send):
             self._send(effect.to, encode_frame(effect.message))
         elif isinstance(effect, rx.Broadcast):
             frame = encode_frame(effect.message)
+            protocol = MEMPOOL_PROTOCOL if isinstance(effect.message.body, Forward) else None
             for index in range(len(self.validator_keys)):
                 if index != self.index:
-                    self._send(index, frame)
+                    self._send(index, frame, protocol or PBFT_PROTOCOL)
         elif isinstance(effect, rx.SetTimer):
             heapq.heappush(self._timers, (effect.at_ms, next(self._timer_order), effect.timer))
             self._timer_changed.set()
@@ -329,18 +358,18 @@ class LedgerService:
         elif isinstance(effect, rx.NeedBlocks):
             self._start_fetch()
 
-    def _send(self, index: int, frame: bytes) -> None:
+    def _send(self, index: int, frame: bytes, protocol: str = PBFT_PROTOCOL) -> None:
         if self._sends_in_flight >= SENDS_IN_FLIGHT_MAX:
             self.counters["sends_dropped"] += 1  # the replica retransmits
             return
         self._sends_in_flight += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame)
+        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame, protocol)
 
-    async def _send_now(self, peer: str, frame: bytes) -> None:
+    async def _send_now(self, peer: str, frame: bytes, protocol: str) -> None:
         try:
             await self._connect(peer)
-            await self._wire.request(peer, PBFT_PROTOCOL, frame)
+            await self._wire.request(peer, protocol, frame)
         except RequestFailed as error:
             self.counters["sends_failed"] += 1
             log.debug("ledger.send_failed", peer=peer, reason=error.reason)
@@ -409,7 +438,7 @@ class LedgerService:
         request_id = next(self._request_ids)
         waiting = self._waiting[request_id] = _Waiting()
         try:
-            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id), urgent=False)
             with trio.move_on_after(timeout_s):
                 await waiting.done.wait()
         finally:
@@ -425,7 +454,7 @@ class LedgerService:
         request_id = next(self._request_ids)
         self._waiting[request_id] = waiting
         try:
-            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id), urgent=False)
         finally:
             self._waiting.pop(request_id, None)
         if isinstance(waiting.outcome, rx.ClientRejected):
