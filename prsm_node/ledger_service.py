@@ -66,6 +66,7 @@ from prsm_node.priority_lock import PriorityLock
 log = structlog.get_logger(__name__)
 
 PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
+STREAM_OPEN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 MEMPOOL_PROTOCOL = "/prsm/pbft-mempool/2.0.0"
 """FORWARDs (mempool gossip: the same signed PBFT frames) get their own stream: the wire
 serves one stream's requests in order, and votes queued behind a backlog of transaction
@@ -130,6 +131,7 @@ class LedgerService:
         self._peer_of_index: list[str] = []
         self._index_of_peer: dict[str, int] = {}
         self.index: int | None = None
+        self._nursery: trio.Nursery | None = None  # set by run(); streams open from then on
         self._configure(self.replica.epoch, self.replica.validators, self.replica.index)
         # Replica inputs one at a time; consensus (votes, timers, blocks) before admission.
         self._lock = PriorityLock()
@@ -148,7 +150,6 @@ class LedgerService:
         self._view_seen: tuple[int, str] | None = None
         self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0,
                          "frames_from_non_members": 0, "validator_set_changes": 0}
-        self._nursery: trio.Nursery | None = None
         self._height_changed = trio.Event()
 
     # -- queries -----------------------------------------------------------------------
@@ -166,6 +167,24 @@ class LedgerService:
         self.epoch, self.validator_keys, self.index = epoch, validators, index
         self._peer_of_index = [peer_id_of_key(key) for key in validators]
         self._index_of_peer = {peer: i for i, peer in enumerate(self._peer_of_index)}
+        if index is not None and self._nursery is not None:
+            for other, peer in enumerate(self._peer_of_index):
+                if other != index:
+                    self._nursery.start_soon(self._open_streams, peer)
+
+    async def _open_streams(self, peer: str) -> None:
+        """Open the PBFT and mempool streams to a fellow validator ahead of the first vote
+        (Wire.open); retried while the validator is unreachable, for a bounded time. The
+        lazy open on the first send still covers whatever this misses."""
+        for delay_s in STREAM_OPEN_RETRY_S:
+            try:
+                await self._connect(peer)
+                for protocol in (PBFT_PROTOCOL, MEMPOOL_PROTOCOL):
+                    await self._wire.open(peer, protocol)
+                return
+            except RequestFailed as error:
+                log.debug("ledger.stream_open_failed", peer=peer, reason=error.reason)
+            await trio.sleep(delay_s)
 
     def statistics(self) -> dict[str, Any]:
         """Shell counters plus the replica's own snapshot (view, phase, heights, ...)."""
