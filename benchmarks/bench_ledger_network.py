@@ -235,7 +235,7 @@ def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, obje
         own_cpu = time.process_time() - own_cpu_before
         height = devnet.call(0, "ledger_head")["height"]
         roots = {devnet.call(i, "ledger_head")["state_root"] for i in range(validators)}
-        frames = devnet.call(0, "node_statistics")["ledger"]["frames_received"]
+        frames = devnet.call(0, "node_statistics")["ledger"].get("frames_received")
     return {
         "mode": "admit",
         "validators": validators,

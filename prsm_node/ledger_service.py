@@ -44,7 +44,7 @@ from consensus.errors import PeerProtocolError as ConsensusPeerError
 from consensus.genesis import Genesis
 from consensus.job_tx import TxHeader
 from consensus.ledger import LedgerState
-from consensus.messages import Forward, decode_frame, encode_frame
+from consensus.messages import decode_frame, encode_frame
 from consensus.replica import Replica
 from consensus.store import LedgerStore
 from consensus.tx import TxBody, TxKind, sign_tx
@@ -61,17 +61,11 @@ from prsm_node.ledger_follow import (
 )
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
-from prsm_node.priority_lock import PriorityLock
 
 log = structlog.get_logger(__name__)
 
 PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
 STREAM_OPEN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
-MEMPOOL_PROTOCOL = "/prsm/pbft-mempool/2.0.0"
-"""FORWARDs (mempool gossip: the same signed PBFT frames) get their own stream: the wire
-serves one stream's requests in order, and votes queued behind a backlog of transaction
-batches were what stalled blocks under load (CometBFT gives the mempool its own channel
-at a lower priority than consensus for the same reason)."""
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
@@ -133,8 +127,7 @@ class LedgerService:
         self.index: int | None = None
         self._nursery: trio.Nursery | None = None  # set by run(); streams open from then on
         self._configure(self.replica.epoch, self.replica.validators, self.replica.index)
-        # Replica inputs one at a time; consensus (votes, timers, blocks) before admission.
-        self._lock = PriorityLock()
+        self._lock = trio.Lock()
         self._timers: list[tuple[int, int, rx.TimerId]] = []
         self._timer_order = itertools.count()
         self._timer_changed = trio.Event()
@@ -173,14 +166,13 @@ class LedgerService:
                     self._nursery.start_soon(self._open_streams, peer)
 
     async def _open_streams(self, peer: str) -> None:
-        """Open the PBFT and mempool streams to a fellow validator ahead of the first vote
-        (Wire.open); retried while the validator is unreachable, for a bounded time. The
-        lazy open on the first send still covers whatever this misses."""
+        """Open the PBFT stream to a fellow validator ahead of the first vote (Wire.open);
+        retried while the validator is unreachable, for a bounded time. The lazy open on
+        the first send still covers whatever this misses."""
         for delay_s in STREAM_OPEN_RETRY_S:
             try:
                 await self._connect(peer)
-                for protocol in (PBFT_PROTOCOL, MEMPOOL_PROTOCOL):
-                    await self._wire.open(peer, protocol)
+                await self._wire.open(peer, PBFT_PROTOCOL)
                 return
             except RequestFailed as error:
                 log.debug("ledger.stream_open_failed", peer=peer, reason=error.reason)
@@ -210,7 +202,6 @@ class LedgerService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._wire.register(PBFT_PROTOCOL, self._serve)
-        self._wire.register(MEMPOOL_PROTOCOL, self._serve)
         self._wire.register(LEDGER_PROTOCOL, self._serve_blocks)
         self._wire.register(LEDGER_TX_PROTOCOL, self._serve_tx)
         try:
@@ -222,7 +213,7 @@ class LedgerService:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
-                async with self._lock.hold(urgent=True):  # no write half-way at close
+                async with self._lock:  # no write may be half-way when the store closes
                     self.store.close()
 
     async def _serve(self, peer: str, payload: Any) -> bytes:
@@ -235,16 +226,14 @@ class LedgerService:
                 message = decode_frame(peer, payload)
             except ConsensusPeerError:
                 return b""
-            await self._feed(rx.MessageReceived(peer=None, message=message),  # its epoch
-                             urgent=not isinstance(message.body, Forward))
+            await self._feed(rx.MessageReceived(peer=None, message=message))  # its epoch
             return b""
         try:
             message = decode_frame(index, payload)
         except ConsensusPeerError as error:
             raise PeerProtocolError(peer, f"pbft: {error}") from None
         self.frames_received[type(message.body).__name__] += 1
-        # the mapping may have changed while we decoded, hence the check under the lock
-        async with self._lock.hold(urgent=not isinstance(message.body, Forward)):
+        async with self._lock:  # the mapping may have changed while we decoded
             if self._index_of_peer.get(peer) != index:
                 index = None
             await self._perform(self.replica.handle(
@@ -253,11 +242,11 @@ class LedgerService:
 
     async def block(self, height: int) -> Any:
         """(block, certificate) at `height` from the store, or None."""
-        async with self._lock.hold(urgent=False):  # the store is one connection
+        async with self._lock:  # the store is one connection: one caller at a time
             return await trio.to_thread.run_sync(self.store.block, height)
 
     async def _serve_blocks(self, peer: str, payload: Any) -> dict[str, Any]:
-        async with self._lock.hold(urgent=False):  # never read it half-way through a write
+        async with self._lock:  # never read the store half-way through a write
             return await serve_blocks(self.store, peer, payload)
 
     def _start_fetch(self) -> None:
@@ -317,10 +306,8 @@ class LedgerService:
             log.info("ledger.followed", peer=peer, height=self.ledger().height)
         return len(blocks) == BLOCKS_PER_REQUEST_MAX
 
-    async def _feed(self, event: Any, *, urgent: bool = True) -> None:
-        """Hand the replica one input and perform its effects; clients' transactions are
-        not urgent (PriorityLock)."""
-        async with self._lock.hold(urgent=urgent):
+    async def _feed(self, event: Any) -> None:
+        async with self._lock:
             await self._perform(self.replica.handle(unix_ms(), event))
 
     async def _perform(self, effects: list[Any]) -> None:
@@ -352,10 +339,9 @@ class LedgerService:
             self._send(effect.to, encode_frame(effect.message))
         elif isinstance(effect, rx.Broadcast):
             frame = encode_frame(effect.message)
-            protocol = MEMPOOL_PROTOCOL if isinstance(effect.message.body, Forward) else None
             for index in range(len(self.validator_keys)):
                 if index != self.index:
-                    self._send(index, frame, protocol or PBFT_PROTOCOL)
+                    self._send(index, frame)
         elif isinstance(effect, rx.SetTimer):
             heapq.heappush(self._timers, (effect.at_ms, next(self._timer_order), effect.timer))
             self._timer_changed.set()
@@ -377,18 +363,18 @@ class LedgerService:
         elif isinstance(effect, rx.NeedBlocks):
             self._start_fetch()
 
-    def _send(self, index: int, frame: bytes, protocol: str = PBFT_PROTOCOL) -> None:
+    def _send(self, index: int, frame: bytes) -> None:
         if self._sends_in_flight >= SENDS_IN_FLIGHT_MAX:
             self.counters["sends_dropped"] += 1  # the replica retransmits
             return
         self._sends_in_flight += 1
         assert self._nursery is not None
-        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame, protocol)
+        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame)
 
-    async def _send_now(self, peer: str, frame: bytes, protocol: str) -> None:
+    async def _send_now(self, peer: str, frame: bytes) -> None:
         try:
             await self._connect(peer)
-            await self._wire.request(peer, protocol, frame)
+            await self._wire.request(peer, PBFT_PROTOCOL, frame)
         except RequestFailed as error:
             self.counters["sends_failed"] += 1
             log.debug("ledger.send_failed", peer=peer, reason=error.reason)
@@ -457,7 +443,7 @@ class LedgerService:
         request_id = next(self._request_ids)
         waiting = self._waiting[request_id] = _Waiting()
         try:
-            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id), urgent=False)
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
             with trio.move_on_after(timeout_s):
                 await waiting.done.wait()
         finally:
@@ -473,7 +459,7 @@ class LedgerService:
         request_id = next(self._request_ids)
         self._waiting[request_id] = waiting
         try:
-            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id), urgent=False)
+            await self._feed(rx.ClientRequest(tx=tx, request_id=request_id))
         finally:
             self._waiting.pop(request_id, None)
         if isinstance(waiting.outcome, rx.ClientRejected):
