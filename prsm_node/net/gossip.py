@@ -38,6 +38,15 @@ keeps the fixes honest):
    32. `publish` here waits while any queue is half full. A relay forwarding faster than
    a peer drains still drops, as go-libp2p does; the registry's sync repairs that.
 
+Flood publishing (GossipSub v1.1, go-libp2p's `WithFloodPublish`, on by default there):
+0.8.1 sends a message we publish to our mesh for the topic only. The mesh is rebuilt at
+heartbeats; a publish that finds it empty or thin (peers just pruned, a connection just
+lost) reaches the rest only by IHAVE gossip at a later heartbeat and an IWANT round trip:
+seconds, on a loaded machine. With `flood_publish` our own messages go to every peer
+subscribed to the topic whose score is at or above `publish_threshold`; relayed messages
+still go to the mesh only, so the cost is one copy per subscribed peer per message we
+originate (registry traffic is a few messages a minute per node).
+
 Signing: pubsub-level strict signing stays on (every pubsub message is signed by its
 origin's host key and checked). Message ids are (origin, seqno) and the library caches a
 "validation failed" verdict by id for 300 s, so without it any peer could send a junk
@@ -55,7 +64,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +111,7 @@ class GossipSettings:
     degree: int
     degree_low: int
     degree_high: int
+    flood_publish: bool
     rate_limit_per_s: int  # 0: off
     eclipse_protection: bool
     eclipse_distinct_ips_min: int
@@ -131,9 +141,29 @@ def _from_ed25519_peer(msg: Any) -> bool:
 
 
 class _GossipSub(GossipSub):
-    """GossipSub with rules 4 and 6 fixed, counting its heartbeats."""
+    """GossipSub with rules 4 and 6 fixed, flood publishing, counting its heartbeats."""
 
     heartbeats = 0
+    flood_publish = False
+    flood_published = 0
+
+    def _get_peers_to_send(
+        self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterator[ID]:
+        """The library's choice (mesh, fanout, direct, less IDONTWANT), plus, for a message
+        we originate, every other peer subscribed to its topics (see "Flood publishing")."""
+        topics = list(topic_ids)
+        chosen = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
+        assert self.pubsub is not None
+        own = self.pubsub.my_id
+        if self.flood_publish and msg_forwarder == own and origin == own:
+            for topic in topics:
+                for peer in self.pubsub.peer_topics.get(topic, ()):
+                    if peer != own and peer in self.peer_protocol:
+                        chosen.add(peer)  # the publish loop applies allow_publish
+            self.flood_published += 1
+        yield from chosen
 
     def fanout_heartbeat(self) -> None:
         """Called once per heartbeat, after the mesh upkeep and before the message cache
@@ -231,6 +261,7 @@ class Gossip:
             min_mesh_diversity_ips=settings.eclipse_distinct_ips_min,
         )
         self.router.scorer = _Scorer(SCORE_PARAMS, host.get_id())
+        self.router.flood_publish = settings.flood_publish
         # Built before the host accepts connections: Pubsub learns of peers from a network
         # notifee, and a connection made before it is registered would never be meshed.
         self.pubsub = _Pubsub(
@@ -325,6 +356,7 @@ class Gossip:
         return {
             "peers": len(self.pubsub.peers),
             "heartbeats": self.router.heartbeats,
+            "flood_published": self.router.flood_published,
             "mesh": {topic: len(self.router.mesh.get(topic, ())) for topic in self._topics},
             "delivered": dict(self.delivered),
             "faults": self.faults,
