@@ -1,7 +1,7 @@
 """Registry gossip on a real network: 30 `prsm-node run` processes on 127.0.0.1.
 
 Run: `.venv/bin/python benchmarks/bench_registry_network.py [--nodes 30] [--announcements 100]
-[--rates 10,25,50,100] [--out benchmarks/results/registry_network_30.json]`.
+[--rates 10,25,50,100] [--no-flood-publish] [--out benchmarks/results/registry_network_30.json]`.
 
 The devnet launcher starts the nodes (one validator; pings and peer exchange every minute;
 capabilities announced once; loopback registry settings). Once every node has a GossipSub
@@ -190,10 +190,13 @@ def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[s
             "nodes_cpu_percent": round(cpu), "sustained": sustained} | figures
 
 
-def run(nodes: int, count: int, rates: list[int], seconds: float, seed: int) -> dict[str, Any]:
+def run(
+    nodes: int, count: int, rates: list[int], seconds: float, seed: int, flood_publish: bool
+) -> dict[str, Any]:
     rng = random.Random(seed)
+    registry = replace(REGISTRY, flood_publish=flood_publish)
     with tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory:
-        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, registry=REGISTRY))
+        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, registry=registry))
         with devnet:
             began = time.monotonic()
             devnet.start_all()
@@ -205,7 +208,8 @@ def run(nodes: int, count: int, rates: list[int], seconds: float, seed: int) -> 
             settle_s = round(time.monotonic() - began, 1)
             procs = [psutil.Process(devnet.call(i, "node_info")["pid"]) for i in range(nodes)]
             idle_cpu = wait_quiet(procs)
-            figures = {"nodes": nodes, "load_average_1min": round(os.getloadavg()[0], 1),
+            figures = {"nodes": nodes, "flood_publish": flood_publish,
+                       "load_average_1min": round(os.getloadavg()[0], 1),
                        "settled_after_start_s": settle_s,
                        "quiet_after_start_s": round(time.monotonic() - began, 1),
                        "idle_nodes_cpu_percent": idle_cpu,
@@ -224,10 +228,14 @@ def main() -> None:
     parser.add_argument("--rates", default="1,2,3,5", help="offered msg/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-flood-publish", action="store_true",
+                        help="publish to the mesh only (py-libp2p's own behaviour)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
-    report(run(args.nodes, args.announcements, rates, args.seconds, args.seed), args.out)
+    figures = run(args.nodes, args.announcements, rates, args.seconds, args.seed,
+                  not args.no_flood_publish)
+    report(figures, args.out)
 
 
 if __name__ == "__main__":
