@@ -143,21 +143,41 @@ def loop_figures(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> d
     }
 
 
-def propagation(devnet: Devnet, count: int, rng: random.Random) -> dict[str, Any]:
+def propagation(devnet: Devnet, count: int, rng: random.Random, procs: list) -> dict[str, Any]:
     loops_before = event_loops(devnet)
     published = []
+    for proc in procs:
+        proc.cpu_percent()
     for number in range(count):
-        with devnet.client(rng.randrange(len(devnet.nodes))) as client:
-            published.append(announce(client, f"propagation-{number}"))
+        publisher = rng.randrange(len(devnet.nodes))
+        with devnet.client(publisher) as client:
+            began = time.perf_counter()
+            item = announce(client, f"propagation-{number}")
+            call_ms = round((time.perf_counter() - began) * 1000)
+        published.append(item | {"node": publisher, "call_ms": call_ms})
         time.sleep(PROPAGATION_GAP_S)
+    cpu = round(sum(proc.cpu_percent() for proc in procs))
     names = {item["name"] for item in published}
     nodes = len(devnet.nodes)
     wait_for(
         lambda: all(len(v) == nodes for v in deliveries(devnet, names).values()),
         60, "every announcement everywhere",
     )
-    return summarise(published, deliveries(devnet, names), nodes) | {
-        "event_loops": loop_figures(loops_before, event_loops(devnet))}
+    got = deliveries(devnet, names)
+    return summarise(published, got, nodes) | {
+        "nodes_cpu_percent": cpu,
+        "event_loops": loop_figures(loops_before, event_loops(devnet)),
+        "per_announcement": [per_announcement(item, got[item["name"]]) for item in published]}
+
+
+def per_announcement(item: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One announcement: its publisher, its delays to the other nodes (which tail it is)."""
+    delays = sorted(record["received_at_ms"] - item["issued_at_ms"] for record in records
+                    if record["node"] != item["node"])
+    return {"publisher": item["node"], "call_ms": item["call_ms"],
+            "delay_p50_ms": percentile(delays, 0.5),
+            "delay_max_ms": max(delays, default=None),
+            "late": sum(delay >= LATE_MS for delay in delays)}
 
 
 def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[str, Any]:
@@ -213,7 +233,7 @@ def run(
                        "settled_after_start_s": settle_s,
                        "quiet_after_start_s": round(time.monotonic() - began, 1),
                        "idle_nodes_cpu_percent": idle_cpu,
-                       "propagation": propagation(devnet, count, rng)}
+                       "propagation": propagation(devnet, count, rng, procs)}
             figures["throughput"] = [throughput(devnet, rate, seconds, procs) for rate in rates]
             figures["load_average_1min_after"] = round(os.getloadavg()[0], 1)
             heartbeats = devnet.call(0, "registry_statistics")["gossip"]["heartbeats"]
