@@ -124,6 +124,15 @@ def summarise(published: list[dict[str, Any]], got: dict[str, list], nodes: int)
     }
 
 
+def churn(devnet: Devnet) -> dict[str, int]:
+    """The nodes' connection churn counters summed (totals since start)."""
+    total: dict[str, int] = {}
+    for index in range(len(devnet.nodes)):
+        for name, value in devnet.call(index, "node_statistics")["churn"].items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
 def event_loops(devnet: Devnet) -> list[dict[str, Any]]:
     return [devnet.call(i, "node_statistics")["event_loop"] for i in range(len(devnet.nodes))]
 
@@ -227,6 +236,7 @@ def run(
                          f"node{index} meshed, with every capability")
             settle_s = round(time.monotonic() - began, 1)
             procs = [psutil.Process(devnet.call(i, "node_info")["pid"]) for i in range(nodes)]
+            churn_settled = churn(devnet)
             idle_cpu = wait_quiet(procs)
             figures = {"nodes": nodes, "flood_publish": flood_publish,
                        "load_average_1min": round(os.getloadavg()[0], 1),
@@ -234,6 +244,9 @@ def run(
                        "quiet_after_start_s": round(time.monotonic() - began, 1),
                        "idle_nodes_cpu_percent": idle_cpu,
                        "propagation": propagation(devnet, count, rng, procs)}
+            figures["churn_to_settled"] = churn_settled
+            figures["churn_settled_to_end_of_propagation"] = {
+                name: value - churn_settled[name] for name, value in churn(devnet).items()}
             figures["throughput"] = [throughput(devnet, rate, seconds, procs) for rate in rates]
             figures["load_average_1min_after"] = round(os.getloadavg()[0], 1)
             heartbeats = devnet.call(0, "registry_statistics")["gossip"]["heartbeats"]

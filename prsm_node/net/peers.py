@@ -82,6 +82,11 @@ class PeerManager:
         self._dirty = False
         self.connections_refused = 0
         self.dials_failed = 0
+        # Churn, all time: a healthy network opens each connection once and keeps it.
+        self.dials = 0
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.peers_lost = 0  # the last connection to a peer closed
         self.connection_listeners: list[Callable[[str, str], None]] = []
         self._nursery: trio.Nursery | None = None
         scores.on_drop = self._drop_peer
@@ -142,6 +147,7 @@ class PeerManager:
             self._wake = trio.Event()
 
     async def _dial(self, peer_id: str, address: str) -> None:
+        self.dials += 1
         with trio.move_on_after(self._config.dial_timeout_ms / 1000):
             try:
                 await dial(self._host, address)
@@ -191,8 +197,10 @@ class PeerManager:
     async def _consume_events(self, events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
         async for event in events:
             if event.connected:
+                self.connections_opened += 1
                 await self._on_connected(event)
             else:
+                self.connections_closed += 1
                 self._on_disconnected(event)
 
     async def _on_connected(self, event: ConnectionEvent) -> None:
@@ -216,6 +224,7 @@ class PeerManager:
         peer = event.peer_id
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return  # another connection to the peer is still up
+        self.peers_lost += 1
         self._directions.pop(peer, None)
         self.latency.forget(peer)
         self._wire.forget_peer(peer)
