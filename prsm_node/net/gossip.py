@@ -103,6 +103,7 @@ RETRY_DELAY_S_MAX = 30.0
 QUEUE_HIGH = OutBoundQueueSize // 2
 BACKPRESSURE_S = 1.0
 BACKPRESSURE_POLL_S = 0.005
+SCORES_LISTED_MAX = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -362,4 +363,20 @@ class Gossip:
             "faults": self.faults,
             "dropped_from_banned": self.pubsub.dropped_from_banned,
             "reregistered": self.reregistered,
+            "peer_scores": self._score_summary(),
+        }
+
+    def _score_summary(self) -> dict[str, Any]:
+        """How our pubsub peers score with us: a peer under `gossip_threshold` gets no
+        messages from us, under `publish_threshold` its messages are dropped unread."""
+        scorer = self.router.scorer
+        assert scorer is not None
+        scores = {peer: scorer.score(peer, self._topics) for peer in self.pubsub.peers}
+        lowest = sorted(scores.items(), key=lambda item: item[1])[:SCORES_LISTED_MAX]
+        return {
+            "below_gossip_threshold": sum(s < SCORE_PARAMS.gossip_threshold
+                                          for s in scores.values()),
+            "below_publish_threshold": sum(s < SCORE_PARAMS.publish_threshold
+                                           for s in scores.values()),
+            "lowest": {peer.to_base58(): round(score, 1) for peer, score in lowest},
         }
