@@ -47,6 +47,18 @@ subscribed to the topic whose score is at or above `publish_threshold`; relayed 
 still go to the mesh only, so the cost is one copy per subscribed peer per message we
 originate (registry traffic is a few messages a minute per node).
 
+12. A node that PRUNEs a peer from its mesh at a heartbeat (mesh over D_high) records no
+   backoff for it, although the PRUNE tells the peer to back off for `prune_back_off`
+   (60 s). The pruner can then GRAFT the same peer again at its next heartbeats; the
+   peer, still backing off, answers each such GRAFT with a PRUNE (and, within 10 s of
+   the first, a GRAFT-flood penalty) and restarts its backoff. go-libp2p-pubsub records
+   the backoff on both sides (`makePrune` calls `doAddBackoff`). Seen on the 30-node
+   devnet: the bootstrap node, which every node grafts first and which prunes most of
+   them, was left with 0-1 mesh peers per topic for minutes after the others had 4-10,
+   and without flood publishing it got every message only through the registry's sync
+   (10 s) and its own announcements reached nobody by gossip. Here the pruner records
+   the backoff too.
+
 Signing: pubsub-level strict signing stays on (every pubsub message is signed by its
 origin's host key and checked). Message ids are (origin, seqno) and the library caches a
 "validation failed" verdict by id for 300 s, so without it any peer could send a junk
@@ -142,11 +154,12 @@ def _from_ed25519_peer(msg: Any) -> bool:
 
 
 class _GossipSub(GossipSub):
-    """GossipSub with rules 4 and 6 fixed, flood publishing, counting its heartbeats."""
+    """GossipSub with rules 4, 6 and 12 fixed, flood publishing, counting its heartbeats."""
 
     heartbeats = 0
     flood_publish = False
     flood_published = 0
+    pruned = 0
 
     def _get_peers_to_send(
         self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID,
@@ -171,6 +184,15 @@ class _GossipSub(GossipSub):
         shifts (which forgets what is older than `gossip_history` heartbeats)."""
         self.heartbeats += 1
         super().fanout_heartbeat()
+
+    def mesh_heartbeat(self) -> tuple[Any, Any]:
+        """Rule 12: back off, on our side too, from every peer we prune."""
+        peers_to_graft, peers_to_prune = super().mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        self.pruned += sum(len(topics) for topics in peers_to_prune.values())
+        return peers_to_graft, peers_to_prune
 
     def _check_spam_protection(self, peer_id: ID, msg: Any) -> bool:
         if self.pubsub is not None and peer_id == self.pubsub.my_id:
@@ -358,6 +380,7 @@ class Gossip:
             "peers": len(self.pubsub.peers),
             "heartbeats": self.router.heartbeats,
             "flood_published": self.router.flood_published,
+            "pruned": self.router.pruned,
             "mesh": {topic: len(self.router.mesh.get(topic, ())) for topic in self._topics},
             "delivered": dict(self.delivered),
             "faults": self.faults,

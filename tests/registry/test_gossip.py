@@ -188,3 +188,16 @@ async def test_our_own_message_reaches_subscribed_peers_outside_the_mesh() -> No
         await publisher.gossip.publish(TOPIC, b"flooded")
         await wait_until(lambda: all(b"flooded" in other.seen for other in others))
         assert publisher.gossip.statistics()["flood_published"] == 1
+
+
+async def test_a_peer_we_prune_from_the_mesh_is_backed_off_on_our_side_too() -> None:
+    settings = replace(SETTINGS, degree=1, degree_low=1, degree_high=1, heartbeat_interval_s=0.2)
+    async with nodes(4, settings, meshed=False) as (hub, *spokes):
+        router = hub.gossip.router
+        # Each spoke grafts the hub (its only peer); D_high is 1, so the hub prunes two of
+        # them, which then back off for 60 s and graft no more.
+        await wait_until(lambda: router.pruned >= 2)
+        pruned = [spoke.host.get_id() for spoke in spokes
+                  if spoke.host.get_id() not in router.mesh.get(TOPIC, ())]
+        assert len(pruned) == 2
+        assert all(router._check_back_off(peer, TOPIC) for peer in pruned)
