@@ -11,8 +11,9 @@ Rules:
    spread evenly over the interval, and a node's first round starts at a random point of
    its first interval. Sending a round to every peer at once made each node's requests
    (and, a network started together, every node's) land in the same few seconds: on the
-   30-node registry devnet (2 cores) each minute's round held both cores for 12-18 s, and
-   gossip published meanwhile took seconds to arrive (BENCHMARKS.md, registry, session 4).
+   30-node registry devnet (2 cores, pings and peer exchange every 60 s) every node was
+   slow for 12-18 s once a minute and gossip published meanwhile took seconds to arrive;
+   with both every 10 min that window did not appear (BENCHMARKS.md, registry, session 4).
 4. peers.json is written atomically (temp file, fsync, rename) at most every
    PERSIST_INTERVAL_S and at shutdown; a corrupt file is logged and ignored, never fatal.
 """
@@ -395,8 +396,9 @@ def _transport_addresses(connections: list[Any]) -> list[str]:
 
 
 def pacing_delays(count: int, interval_s: float) -> list[float]:
-    """Pauses after each of `count` visits so that they fill `interval_s` evenly."""
-    return [interval_s / count] * count
+    """Pauses after each of `count` visits so that they fill `interval_s` evenly (none
+    for no visits)."""
+    return [interval_s / count] * count if count else []
 
 
 def _now_ms() -> int:
