@@ -9,7 +9,7 @@ nonce was used but before its bytes left, or halfway through `send_all`. The nex
 goes out under the following nonce and the peer's decryption fails ("Failed
 authentication of message") or its framing is lost: the whole connection dies, with every
 stream on it and the peer's GossipSub mesh membership. Measured on the registry
-benchmark's 30-node devnet (2 cores, saturated), 150 s from start, 2026-11-26: 2,512
+benchmark's 30-node devnet (2 cores, saturated), the first 138 s, 2026-11-26: 2,512
 connection ends registered (870 would be each of the 435 peer pairs once), 1,737 ends
 torn down by a read error, 984 of them that decryption failure (most of the rest: the
 peer's end of such a connection, seen as a clean close or a reset). With this class,
