@@ -1,7 +1,7 @@
 """Registry gossip on a real network: 30 `prsm-node run` processes on 127.0.0.1.
 
 Run: `.venv/bin/python benchmarks/bench_registry_network.py [--nodes 30] [--announcements 100]
-[--rates 10,25,50,100] [--out benchmarks/results/registry_network_30.json]`.
+[--rates 10,25,50,100] [--no-flood-publish] [--out benchmarks/results/registry_network_30.json]`.
 
 The devnet launcher starts the nodes (one validator; pings and peer exchange every minute;
 capabilities announced once; loopback registry settings). Once every node has a GossipSub
@@ -124,6 +124,15 @@ def summarise(published: list[dict[str, Any]], got: dict[str, list], nodes: int)
     }
 
 
+def churn(devnet: Devnet) -> dict[str, int]:
+    """The nodes' connection churn counters summed (totals since start)."""
+    total: dict[str, int] = {}
+    for index in range(len(devnet.nodes)):
+        for name, value in devnet.call(index, "node_statistics")["churn"].items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
 def event_loops(devnet: Devnet) -> list[dict[str, Any]]:
     return [devnet.call(i, "node_statistics")["event_loop"] for i in range(len(devnet.nodes))]
 
@@ -143,21 +152,41 @@ def loop_figures(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> d
     }
 
 
-def propagation(devnet: Devnet, count: int, rng: random.Random) -> dict[str, Any]:
+def propagation(devnet: Devnet, count: int, rng: random.Random, procs: list) -> dict[str, Any]:
     loops_before = event_loops(devnet)
     published = []
+    for proc in procs:
+        proc.cpu_percent()
     for number in range(count):
-        with devnet.client(rng.randrange(len(devnet.nodes))) as client:
-            published.append(announce(client, f"propagation-{number}"))
+        publisher = rng.randrange(len(devnet.nodes))
+        with devnet.client(publisher) as client:
+            began = time.perf_counter()
+            item = announce(client, f"propagation-{number}")
+            call_ms = round((time.perf_counter() - began) * 1000)
+        published.append(item | {"node": publisher, "call_ms": call_ms})
         time.sleep(PROPAGATION_GAP_S)
+    cpu = round(sum(proc.cpu_percent() for proc in procs))
     names = {item["name"] for item in published}
     nodes = len(devnet.nodes)
     wait_for(
         lambda: all(len(v) == nodes for v in deliveries(devnet, names).values()),
         60, "every announcement everywhere",
     )
-    return summarise(published, deliveries(devnet, names), nodes) | {
-        "event_loops": loop_figures(loops_before, event_loops(devnet))}
+    got = deliveries(devnet, names)
+    return summarise(published, got, nodes) | {
+        "nodes_cpu_percent": cpu,
+        "event_loops": loop_figures(loops_before, event_loops(devnet)),
+        "per_announcement": [per_announcement(item, got[item["name"]]) for item in published]}
+
+
+def per_announcement(item: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One announcement: its publisher, its delays to the other nodes (which tail it is)."""
+    delays = sorted(record["received_at_ms"] - item["issued_at_ms"] for record in records
+                    if record["node"] != item["node"])
+    return {"publisher": item["node"], "call_ms": item["call_ms"],
+            "delay_p50_ms": percentile(delays, 0.5),
+            "delay_max_ms": max(delays, default=None),
+            "late": sum(delay >= LATE_MS for delay in delays)}
 
 
 def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[str, Any]:
@@ -190,10 +219,13 @@ def throughput(devnet: Devnet, rate: int, seconds: float, procs: list) -> dict[s
             "nodes_cpu_percent": round(cpu), "sustained": sustained} | figures
 
 
-def run(nodes: int, count: int, rates: list[int], seconds: float, seed: int) -> dict[str, Any]:
+def run(
+    nodes: int, count: int, rates: list[int], seconds: float, seed: int, flood_publish: bool
+) -> dict[str, Any]:
     rng = random.Random(seed)
+    registry = replace(REGISTRY, flood_publish=flood_publish)
     with tempfile.TemporaryDirectory(prefix="prsm-bench-", dir="/tmp") as directory:
-        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, registry=REGISTRY))
+        devnet = Devnet(devnet_init(Path(directory) / "net", nodes, NETWORK, 1, registry=registry))
         with devnet:
             began = time.monotonic()
             devnet.start_all()
@@ -204,12 +236,17 @@ def run(nodes: int, count: int, rates: list[int], seconds: float, seed: int) -> 
                          f"node{index} meshed, with every capability")
             settle_s = round(time.monotonic() - began, 1)
             procs = [psutil.Process(devnet.call(i, "node_info")["pid"]) for i in range(nodes)]
+            churn_settled = churn(devnet)
             idle_cpu = wait_quiet(procs)
-            figures = {"nodes": nodes, "load_average_1min": round(os.getloadavg()[0], 1),
+            figures = {"nodes": nodes, "flood_publish": flood_publish,
+                       "load_average_1min": round(os.getloadavg()[0], 1),
                        "settled_after_start_s": settle_s,
                        "quiet_after_start_s": round(time.monotonic() - began, 1),
                        "idle_nodes_cpu_percent": idle_cpu,
-                       "propagation": propagation(devnet, count, rng)}
+                       "propagation": propagation(devnet, count, rng, procs)}
+            figures["churn_to_settled"] = churn_settled
+            figures["churn_settled_to_end_of_propagation"] = {
+                name: value - churn_settled[name] for name, value in churn(devnet).items()}
             figures["throughput"] = [throughput(devnet, rate, seconds, procs) for rate in rates]
             figures["load_average_1min_after"] = round(os.getloadavg()[0], 1)
             heartbeats = devnet.call(0, "registry_statistics")["gossip"]["heartbeats"]
@@ -224,10 +261,14 @@ def main() -> None:
     parser.add_argument("--rates", default="1,2,3,5", help="offered msg/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each rate step")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-flood-publish", action="store_true",
+                        help="publish to the mesh only (py-libp2p's own behaviour)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
-    report(run(args.nodes, args.announcements, rates, args.seconds, args.seed), args.out)
+    figures = run(args.nodes, args.announcements, rates, args.seconds, args.seed,
+                  not args.no_flood_publish)
+    report(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -453,6 +453,11 @@ class RegistrySection:
     mesh_degree_high: int = _key(
         "GossipSub D_high: prune above it (spec: 12)", 12, _between(1, 128)
     )
+    flood_publish: bool = _key(
+        "send our own messages to every subscribed peer above the publish threshold, not "
+        "only the mesh (GossipSub v1.1 flood publishing, on by default in go-libp2p)",
+        True,
+    )
     rate_limit_per_s: int = _key(
         "messages per second per topic accepted for relay from one peer (GossipSub spam "
         "protection; 0: off); it bounds the whole network's rate seen through one peer",

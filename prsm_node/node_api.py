@@ -72,6 +72,12 @@ def register_node_methods(dispatcher: Dispatcher, context: NodeContext) -> None:
             "peers_known": len(context.peers.book),
             "connections_refused": context.peers.connections_refused,
             "dials_failed": context.peers.dials_failed,
+            "churn": {
+                "dials": context.peers.dials,
+                "connections_opened": context.peers.connections_opened,
+                "connections_closed": context.peers.connections_closed,
+                "peers_lost": context.peers.peers_lost,
+            },
             "scores": asdict(context.scores.statistics()),
             "wire": context.wire.statistics(),
             "ledger": context.ledger.statistics(),

@@ -38,6 +38,28 @@ keeps the fixes honest):
    32. `publish` here waits while any queue is half full. A relay forwarding faster than
    a peer drains still drops, as go-libp2p does; the registry's sync repairs that.
 
+Flood publishing (GossipSub v1.1, go-libp2p's `WithFloodPublish`, on by default there):
+0.8.1 sends a message we publish to our mesh for the topic only. The mesh is rebuilt at
+heartbeats; a publish that finds it empty or thin (peers just pruned, a connection just
+lost) reaches the rest only by IHAVE gossip at a later heartbeat and an IWANT round trip:
+seconds, on a loaded machine. With `flood_publish` our own messages go to every peer
+subscribed to the topic whose score is at or above `publish_threshold`; relayed messages
+still go to the mesh only, so the cost is one copy per subscribed peer per message we
+originate (registry traffic is a few messages a minute per node).
+
+12. A node that PRUNEs a peer from its mesh at a heartbeat (mesh over D_high) records no
+   backoff for it, although the PRUNE tells the peer to back off for `prune_back_off`
+   (60 s). The pruner can then GRAFT the same peer again at its next heartbeats; the
+   peer, still backing off, answers each such GRAFT with a PRUNE (and, within 10 s of
+   the first, a GRAFT-flood penalty) and restarts its backoff. go-libp2p-pubsub records
+   the backoff on both sides (`makePrune` calls `doAddBackoff`). Seen on the 30-node
+   devnet: the bootstrap node, which every node grafts first and which prunes most of
+   them, was left with 0-1 mesh peers per topic for minutes while the others had 2-10,
+   and without flood publishing it got every message only through the registry's sync
+   (10 s rounds) and its own announcements reached nobody by gossip. Here the pruner
+   records the backoff too; in the same benchmark run after it, the bootstrap node was
+   as well served as any other (BENCHMARKS.md, registry, session 4).
+
 Signing: pubsub-level strict signing stays on (every pubsub message is signed by its
 origin's host key and checked). Message ids are (origin, seqno) and the library caches a
 "validation failed" verdict by id for 300 s, so without it any peer could send a junk
@@ -55,7 +77,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +116,7 @@ RETRY_DELAY_S_MAX = 30.0
 QUEUE_HIGH = OutBoundQueueSize // 2
 BACKPRESSURE_S = 1.0
 BACKPRESSURE_POLL_S = 0.005
+SCORES_LISTED_MAX = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,6 +125,7 @@ class GossipSettings:
     degree: int
     degree_low: int
     degree_high: int
+    flood_publish: bool
     rate_limit_per_s: int  # 0: off
     eclipse_protection: bool
     eclipse_distinct_ips_min: int
@@ -131,15 +155,45 @@ def _from_ed25519_peer(msg: Any) -> bool:
 
 
 class _GossipSub(GossipSub):
-    """GossipSub with rules 4 and 6 fixed, counting its heartbeats."""
+    """GossipSub with rules 4, 6 and 12 fixed, flood publishing, counting its heartbeats."""
 
     heartbeats = 0
+    flood_publish = False
+    flood_published = 0
+    pruned = 0
+
+    def _get_peers_to_send(
+        self, topic_ids: Iterable[str], msg_forwarder: ID, origin: ID,
+        msg_id: bytes | None = None,
+    ) -> Iterator[ID]:
+        """The library's choice (mesh, fanout, direct, less IDONTWANT), plus, for a message
+        we originate, every other peer subscribed to its topics (see "Flood publishing")."""
+        topics = list(topic_ids)
+        chosen = set(super()._get_peers_to_send(topics, msg_forwarder, origin, msg_id))
+        assert self.pubsub is not None
+        own = self.pubsub.my_id
+        if self.flood_publish and msg_forwarder == own and origin == own:
+            for topic in topics:
+                for peer in self.pubsub.peer_topics.get(topic, ()):
+                    if peer != own and peer in self.peer_protocol:
+                        chosen.add(peer)  # the publish loop applies allow_publish
+            self.flood_published += 1
+        yield from chosen
 
     def fanout_heartbeat(self) -> None:
         """Called once per heartbeat, after the mesh upkeep and before the message cache
         shifts (which forgets what is older than `gossip_history` heartbeats)."""
         self.heartbeats += 1
         super().fanout_heartbeat()
+
+    def mesh_heartbeat(self) -> tuple[Any, Any]:
+        """Rule 12: back off, on our side too, from every peer we prune."""
+        peers_to_graft, peers_to_prune = super().mesh_heartbeat()
+        for peer, topics in peers_to_prune.items():
+            for topic in topics:
+                self._add_back_off(peer, topic, False)
+        self.pruned += sum(len(topics) for topics in peers_to_prune.values())
+        return peers_to_graft, peers_to_prune
 
     def _check_spam_protection(self, peer_id: ID, msg: Any) -> bool:
         if self.pubsub is not None and peer_id == self.pubsub.my_id:
@@ -231,6 +285,7 @@ class Gossip:
             min_mesh_diversity_ips=settings.eclipse_distinct_ips_min,
         )
         self.router.scorer = _Scorer(SCORE_PARAMS, host.get_id())
+        self.router.flood_publish = settings.flood_publish
         # Built before the host accepts connections: Pubsub learns of peers from a network
         # notifee, and a connection made before it is registered would never be meshed.
         self.pubsub = _Pubsub(
@@ -325,9 +380,27 @@ class Gossip:
         return {
             "peers": len(self.pubsub.peers),
             "heartbeats": self.router.heartbeats,
+            "flood_published": self.router.flood_published,
+            "pruned": self.router.pruned,
             "mesh": {topic: len(self.router.mesh.get(topic, ())) for topic in self._topics},
             "delivered": dict(self.delivered),
             "faults": self.faults,
             "dropped_from_banned": self.pubsub.dropped_from_banned,
             "reregistered": self.reregistered,
+            "peer_scores": self._score_summary(),
+        }
+
+    def _score_summary(self) -> dict[str, Any]:
+        """How our pubsub peers score with us: a peer under `gossip_threshold` gets no
+        messages from us, under `publish_threshold` its messages are dropped unread."""
+        scorer = self.router.scorer
+        assert scorer is not None
+        scores = {peer: scorer.score(peer, self._topics) for peer in self.pubsub.peers}
+        lowest = sorted(scores.items(), key=lambda item: item[1])[:SCORES_LISTED_MAX]
+        return {
+            "below_gossip_threshold": sum(s < SCORE_PARAMS.gossip_threshold
+                                          for s in scores.values()),
+            "below_publish_threshold": sum(s < SCORE_PARAMS.publish_threshold
+                                           for s in scores.values()),
+            "lowest": {peer.to_base58(): round(score, 1) for peer, score in lowest},
         }

@@ -3,6 +3,10 @@
 Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
 - `sec_opt` names Noise alone. The library's default also offers secio and *plaintext*,
   which a node must never accept.
+- `muxer_opt` names Yamux alone, and every connection gets `WholeFrameYamux`
+  (`prsm_node.net.muxer`): the library's Yamux lets a cancelled caller burn a Noise nonce
+  or send half a frame, which kills the connection. Mplex (the library's fallback) is
+  not offered.
 - `max_connections_per_peer=1`, or every `connect()` waits ~250 ms.
 - every dial goes through `dial()`, which first clears the swarm's negative cache for the
   peer: after one failed dial py-libp2p 0.8.1 refuses to dial that peer again for 60 s
@@ -27,10 +31,13 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from prsm_node.config import NetworkConfig
 from prsm_node.identity import libp2p_key_pair
+from prsm_node.net import muxer
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +96,10 @@ def build_host(
     host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_preference="YAMUX",
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         connection_config=connection_config,
     )
+    muxer.install(host)
     network = host.get_network()
     network.register_notifee(_ConnectionNotifee(events))
     network.auto_connector.maybe_connect = _never_auto_connect  # see the module header

@@ -7,7 +7,14 @@ Rules:
 2. The connection limit is `peers_max`: libp2p's swarm rejects inbound connections past it
    before the handshake, and we close at once any that slips through (the swarm counts
    connections racily) or that comes from a peer whose score is at the floor.
-3. peers.json is written atomically (temp file, fsync, rename) at most every
+3. Pings and peer exchange are paced: each round visits the connected peers one at a time,
+   spread evenly over the interval, and a node's first round starts at a random point of
+   its first interval. Sending a round to every peer at once made each node's requests
+   (and, a network started together, every node's) land in the same few seconds: on the
+   30-node registry devnet (2 cores, pings and peer exchange every 60 s) every node was
+   slow for 12-18 s once a minute and gossip published meanwhile took seconds to arrive;
+   with both every 10 min that window did not appear (BENCHMARKS.md, registry, session 4).
+4. peers.json is written atomically (temp file, fsync, rename) at most every
    PERSIST_INTERVAL_S and at shutdown; a corrupt file is logged and ignored, never fatal.
 """
 
@@ -16,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +84,17 @@ class PeerManager:
             rng=rng,
         )
         self.latency = LatencyTable(rng)
+        self._rng = rng
         self._directions: dict[str, str] = {}
         self._wake = trio.Event()
         self._dirty = False
         self.connections_refused = 0
         self.dials_failed = 0
+        # Churn, all time: a healthy network opens each connection once and keeps it.
+        self.dials = 0
+        self.connections_opened = 0
+        self.connections_closed = 0
+        self.peers_lost = 0  # the last connection to a peer closed
         self.connection_listeners: list[Callable[[str, str], None]] = []
         self._nursery: trio.Nursery | None = None
         scores.on_drop = self._drop_peer
@@ -142,6 +155,7 @@ class PeerManager:
             self._wake = trio.Event()
 
     async def _dial(self, peer_id: str, address: str) -> None:
+        self.dials += 1
         with trio.move_on_after(self._config.dial_timeout_ms / 1000):
             try:
                 await dial(self._host, address)
@@ -191,8 +205,10 @@ class PeerManager:
     async def _consume_events(self, events: trio.MemoryReceiveChannel[ConnectionEvent]) -> None:
         async for event in events:
             if event.connected:
+                self.connections_opened += 1
                 await self._on_connected(event)
             else:
+                self.connections_closed += 1
                 self._on_disconnected(event)
 
     async def _on_connected(self, event: ConnectionEvent) -> None:
@@ -216,6 +232,7 @@ class PeerManager:
         peer = event.peer_id
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return  # another connection to the peer is still up
+        self.peers_lost += 1
         self._directions.pop(peer, None)
         self.latency.forget(peer)
         self._wire.forget_peer(peer)
@@ -254,10 +271,22 @@ class PeerManager:
     # -- ping and peer exchange --------------------------------------------------------
 
     async def _ping_loop(self) -> None:
+        await self._paced_rounds(self._config.ping_interval_ms / 1000, self._ping)
+
+    async def _paced_rounds(
+        self, interval_s: float, visit: Callable[[str], Awaitable[object]]
+    ) -> None:
+        """Rule 3: every `interval_s`, `visit` each connected peer, one at a time, spread
+        evenly over the interval (a peer that left meanwhile is skipped)."""
+        await trio.sleep(self._rng.uniform(0, interval_s))
         while True:
-            await trio.sleep(self._config.ping_interval_ms / 1000)
-            for peer in list(self._directions):
-                self._nursery_or_fail().start_soon(self._ping, peer)
+            peers = list(self._directions)
+            for delay_s in pacing_delays(len(peers), interval_s) or [interval_s]:
+                if peers:
+                    peer = peers.pop()
+                    if peer in self._directions:
+                        self._nursery_or_fail().start_soon(visit, peer)
+                await trio.sleep(delay_s)
 
     async def _ping(self, peer: str) -> float | None:
         nonce = self.latency.new_nonce()
@@ -278,10 +307,9 @@ class PeerManager:
         return await self._ping(peer)
 
     async def _pex_loop(self) -> None:
-        while True:
-            await trio.sleep(self._config.peer_exchange_interval_ms / 1000)
-            for peer in list(self._directions):
-                self._nursery_or_fail().start_soon(self._exchange_peers, peer)
+        await self._paced_rounds(
+            self._config.peer_exchange_interval_ms / 1000, self._exchange_peers
+        )
 
     async def _exchange_peers(self, peer: str) -> None:
         try:
@@ -365,6 +393,12 @@ def _transport_addresses(connections: list[Any]) -> list[str]:
     for connection in connections:
         addresses += [str(address) for address in connection.get_transport_addresses()]
     return addresses
+
+
+def pacing_delays(count: int, interval_s: float) -> list[float]:
+    """Pauses after each of `count` visits so that they fill `interval_s` evenly (none
+    for no visits)."""
+    return [interval_s / count] * count if count else []
 
 
 def _now_ms() -> int:

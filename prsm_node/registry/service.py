@@ -108,6 +108,7 @@ def gossip_settings(config: RegistrySection) -> GossipSettings:
         degree=config.mesh_degree,
         degree_low=config.mesh_degree_low,
         degree_high=config.mesh_degree_high,
+        flood_publish=config.flood_publish,
         rate_limit_per_s=config.rate_limit_per_s,
         eclipse_protection=config.eclipse_protection,
         eclipse_distinct_ips_min=config.eclipse_distinct_ips_min,

@@ -27,6 +27,7 @@ SETTINGS = GossipSettings(
     degree=6,
     degree_low=4,
     degree_high=12,
+    flood_publish=True,
     rate_limit_per_s=10,
     eclipse_protection=True,
     eclipse_distinct_ips_min=3,
@@ -44,14 +45,18 @@ class Node:
 
 
 @contextlib.asynccontextmanager
-async def nodes(count: int) -> AsyncIterator[list[Node]]:
+async def nodes(
+    count: int, settings: GossipSettings = SETTINGS, *, meshed: bool = True
+) -> AsyncIterator[list[Node]]:
+    """`count` nodes, each connected to the first; `meshed`: wait until the first has
+    each of the others in its mesh (that takes a heartbeat)."""
     network = replace(NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
     made = []
     for _ in range(count):
         send, _receive = trio.open_memory_channel(256)
         host = build_host(bytes(SigningKey.generate()), network, send)
         scores = PeerScores()
-        node = Node(host, Gossip(host, settings=SETTINGS, scores=scores, topics=[TOPIC]), scores)
+        node = Node(host, Gossip(host, settings=settings, scores=scores, topics=[TOPIC]), scores)
         node.gossip.set_validator(TOPIC, lambda peer, data, node=node: not node.seen.append(data))
         made.append(node)
     async with contextlib.AsyncExitStack() as stack:
@@ -64,7 +69,8 @@ async def nodes(count: int) -> AsyncIterator[list[Node]]:
             await nursery.start(node.gossip.run)
         for node in made[1:]:
             await node.host.connect(info_from_p2p_addr(made[0].host.get_addrs()[0]))
-            await made[0].gossip.pubsub.wait_for_mesh(node.host.get_id(), TOPIC, DEADLINE_S)
+            if meshed:
+                await made[0].gossip.pubsub.wait_for_mesh(node.host.get_id(), TOPIC, DEADLINE_S)
         yield made
         nursery.cancel_scope.cancel()
 
@@ -164,3 +170,34 @@ async def test_a_peer_relaying_many_refused_messages_is_ignored_before_validatio
             await wait_until(lambda: judged[0] >= 300)
         assert judged[0] < 300  # past the publish threshold the rest were dropped unjudged
         assert receiver.scores.statistics().rejected_total == 0
+
+
+async def test_our_own_message_reaches_subscribed_peers_outside_the_mesh() -> None:
+    # One heartbeat, at start before anyone connects, so nothing repairs the mesh we empty
+    # below (as lost connections empty it between heartbeats): only flood publishing can
+    # carry the message now; without it the message would wait for IHAVE gossip.
+    settings = replace(SETTINGS, heartbeat_interval_s=3600.0)
+    async with nodes(4, settings, meshed=False) as (publisher, *others):
+        router = publisher.gossip.router
+        ids = {other.host.get_id() for other in others}
+        await wait_until(
+            lambda: ids <= set(publisher.gossip.pubsub.peer_topics.get(TOPIC, ()))
+            and ids <= set(router.peer_protocol)
+        )
+        router.mesh[TOPIC] = set()
+        await publisher.gossip.publish(TOPIC, b"flooded")
+        await wait_until(lambda: all(b"flooded" in other.seen for other in others))
+        assert publisher.gossip.statistics()["flood_published"] == 1
+
+
+async def test_a_peer_we_prune_from_the_mesh_is_backed_off_on_our_side_too() -> None:
+    settings = replace(SETTINGS, degree=1, degree_low=1, degree_high=1, heartbeat_interval_s=0.2)
+    async with nodes(4, settings, meshed=False) as (hub, *spokes):
+        router = hub.gossip.router
+        # Each spoke grafts the hub (its only peer); D_high is 1, so the hub prunes two of
+        # them, which then back off for 60 s and graft no more.
+        await wait_until(lambda: router.pruned >= 2)
+        pruned = [spoke.host.get_id() for spoke in spokes
+                  if spoke.host.get_id() not in router.mesh.get(TOPIC, ())]
+        assert len(pruned) == 2
+        assert all(router._check_back_off(peer, TOPIC) for peer in pruned)
