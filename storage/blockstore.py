@@ -76,12 +76,15 @@ from storage.errors import (
 from storage.unixfs import DAG_BLOCKS_MAX, DAG_DEPTH_MAX, Block, links_of
 
 LS_LIMIT_MAX = 10_000
-PUT_MANY_BLOCKS_MAX = 64
-"""A batch commits every 64 blocks: at most as many temp files and open descriptors (fsync
-on) per batch. Measured on the 2-core VM (100 x 1 MiB files, fsync on, early writeback):
-batches of 16 and 64 wrote at 1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one
-fsynced file and directory at a time without early writeback (the host's disk cache makes
-all of these swing)."""
+PUT_MANY_BLOCKS_MAX = 32
+"""A batch commits (with fsync: hands a group to its writer, rule 7) every 32 blocks: at
+most as many temp files and open descriptors (fsync on) per group, two groups per batch.
+Measured on the 2-core VM (100 x 1 MiB files, fsync on, early writeback, one thread):
+groups of 16 and 64 wrote at 1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one
+fsynced file and directory at a time without early writeback. With the writer thread
+(``store add`` of 96 MiB, fsync on, 2026-11-26, alternating): 32 gave 0.53-0.76 of sha256
+in 10 rounds, 64 gave 0.33-0.68 (the last group's publish is not overlapped with hashing,
+and a smaller group shortens it), 16 gave 0.39-0.61 in 4 (more journal commits)."""
 assert PUT_MANY_BLOCKS_MAX <= FILES_MAX
 FANOUT_COUNT = 256  # one directory per value of the digest's first byte (rule 1)
 GC_LOW_WATERMARK = 0.9

@@ -243,8 +243,9 @@ def _fill(store: BlockStore, blocks: list[Block], *, batched: bool) -> None:
             store.put(b)
 
 
+@pytest.mark.parametrize("fsync", [False, True])  # True: through the writer thread
 def test_a_batch_accounts_and_collects_exactly_as_one_put_after_another(
-    tmp_path: Path,
+    tmp_path: Path, fsync: bool
 ) -> None:
     """Past the quota a batch commits, then collects: the same blocks survive."""
     size = 300 * 1024
@@ -253,7 +254,8 @@ def test_a_batch_accounts_and_collects_exactly_as_one_put_after_another(
     stats, listings = [], []
     for batched in (False, True):
         directory = tmp_path / str(batched)
-        with open_store(directory, quota_bytes=4 * MiB, gc_low_watermark=0.75) as store:
+        with BlockStore(directory, quota_bytes=4 * MiB, clock_ms=Clock(), fsync=fsync,
+                        gc_low_watermark=0.75) as store:
             _fill(store, blocks, batched=batched)
             stats.append(store.stat())
             listings.append(store.ls(limit=1000))
