@@ -159,6 +159,13 @@ class StorageService:
             self.kubo.put(block)
         return new
 
+    def put_fetched(self, block: Block) -> bool:
+        """Store a block that a fetch session verified (``storage.exchange`` rule 4: it
+        emits ``StoreBlock`` only after hashing these very bytes against the CID, in this
+        process), so the store does not hash the 1 MiB a second time; ``get`` still
+        rehashes on every read. The peer's bytes were checked once, before the write."""
+        return self.put(block, hashed_here=True)
+
     def push(self, block: Block) -> None:
         """Push a block that a batch stored (``store add``) to Kubo, if set (rule 4)."""
         if self.kubo is not None:
@@ -292,7 +299,7 @@ class StorageService:
         return FetchDriver(
             root=root,
             store=self.store,
-            put=self.put,
+            put=self.put_fetched,
             session_config=session,
             network=network,
             provider_lookups_max=config.provider_lookups_max,

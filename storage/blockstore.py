@@ -295,7 +295,9 @@ class BlockStore:
 
         ``hashed_here``: the caller computed the CIDs from these very bytes in this process
         (``FileBuilder``), so the second hash would only double the cost of ``store add``;
-        ``get`` still rehashes on every read. Never set it for bytes from a peer or a file."""
+        ``get`` still rehashes on every read. Never set it for bytes from a peer or a file
+        that nothing in this process has hashed (a fetch session's ``StoreBlock`` has:
+        ``storage.exchange`` rule 4)."""
         batch = BlockBatch(self, self._file_batch(), hashed_here=hashed_here)
         try:
             yield batch
