@@ -16,8 +16,9 @@ Rules:
    *before* the fetch (the block store protects a pinned partial DAG from collection)
    when the caller wants it kept, and announced in the DHT once complete.
 4. Every block stored, whatever its source (add, fetch, CAR), goes through ``put``, or for
-   ``store add`` through a block-store batch followed by ``push`` (storage_local.add_file);
-   both push it to Kubo when ``storage.kubo_api`` is set (storage_kubo.py).
+   ``store add`` and a fetch through a block-store batch followed by ``push``
+   (storage_local.add_file, storage_fetch); both push it to Kubo when
+   ``storage.kubo_api`` is set (storage_kubo.py).
 """
 
 from __future__ import annotations
@@ -159,13 +160,6 @@ class StorageService:
             self.kubo.put(block)
         return new
 
-    def put_fetched(self, block: Block) -> bool:
-        """Store a block that a fetch session verified (``storage.exchange`` rule 4: it
-        emits ``StoreBlock`` only after hashing these very bytes against the CID, in this
-        process), so the store does not hash the 1 MiB a second time; ``get`` still
-        rehashes on every read. The peer's bytes were checked once, before the write."""
-        return self.put(block, hashed_here=True)
-
     def push(self, block: Block) -> None:
         """Push a block that a batch stored (``store add``) to Kubo, if set (rule 4)."""
         if self.kubo is not None:
@@ -299,7 +293,7 @@ class StorageService:
         return FetchDriver(
             root=root,
             store=self.store,
-            put=self.put_fetched,
+            push=self.push,
             session_config=session,
             network=network,
             provider_lookups_max=config.provider_lookups_max,
