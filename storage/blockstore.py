@@ -46,7 +46,7 @@ Rules:
    block that an open batch is writing (``_writing``): otherwise it could remove a file
    between its rename and its row. A batch of one (``put``) writes in the caller's thread
    as before. Measured (BENCHMARKS.md, 2026-11-26): ``store add`` of 96 MiB with fsync
-   went from 0.48-0.54 to 0.62-0.65 of sha256, alternating in the same minutes.
+   went from 0.46-0.55 to 0.58-0.66 of sha256, four rounds alternating in the same minutes.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ Measured on the 2-core VM (100 x 1 MiB files, fsync on, early writeback, one thr
 groups of 16 and 64 wrote at 1220-1300 and 1220-1575 MB/s against 265-770 MB/s for one
 fsynced file and directory at a time without early writeback. With the writer thread
 (``store add`` of 96 MiB, fsync on, 2026-11-26, alternating): 32 gave 0.53-0.76 of sha256
-in 10 rounds, 64 gave 0.33-0.68 (the last group's publish is not overlapped with hashing,
-and a smaller group shortens it), 16 gave 0.39-0.61 in 4 (more journal commits)."""
+in 10 processes, 64 gave 0.33-0.68 in 10 (the last group's publish is not overlapped with
+hashing, and a smaller group shortens it), 16 gave 0.39-0.61 in 4 (more journal commits)."""
 assert PUT_MANY_BLOCKS_MAX <= FILES_MAX
 FANOUT_COUNT = 256  # one directory per value of the digest's first byte (rule 1)
 GC_LOW_WATERMARK = 0.9
