@@ -82,6 +82,7 @@ async def _raw_receive() -> None:
 
     async def serve(stream) -> None:
         total = int.from_bytes(await _read_exactly(stream, 8), "big")
+        cpu_start = time.process_time()
         received = 0
         while received < total:
             chunk = await stream.read(min(total - received, MIB))
@@ -89,8 +90,11 @@ async def _raw_receive() -> None:
                 break
             received += len(chunk)
         await stream.write(received.to_bytes(8, "big"))
+        cpu["receiver_cpu_s"] = time.process_time() - cpu_start
         await stream.close()
         done.set()
+
+    cpu: dict[str, float] = {}
 
     async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
         host.set_stream_handler(TProtocol(RAW_PROTOCOL), serve)
@@ -98,6 +102,7 @@ async def _raw_receive() -> None:
         with trio.fail_after(RAW_DEADLINE_S):
             await done.wait()
         await trio.sleep(0.2)  # let the answer leave before the host closes
+    print(json.dumps(cpu), flush=True)
 
 
 async def _raw_send(address: str, size: int) -> None:
@@ -115,6 +120,7 @@ async def _raw_send(address: str, size: int) -> None:
             peer = await dial(host, address)
             stream = await host.new_stream(ID.from_base58(peer), [TProtocol(RAW_PROTOCOL)])
             start = time.perf_counter()
+            cpu_start = time.process_time()
             await stream.write(size.to_bytes(8, "big"))
             sent = 0
             while sent < size:
@@ -123,11 +129,13 @@ async def _raw_send(address: str, size: int) -> None:
                 sent += len(piece)
             received = int.from_bytes(await _read_exactly(stream, 8), "big")
             seconds = time.perf_counter() - start
-    print(json.dumps({"bytes": received, "seconds": seconds}), flush=True)
+            cpu_s = time.process_time() - cpu_start
+    print(json.dumps({"bytes": received, "seconds": seconds, "sender_cpu_s": cpu_s}), flush=True)
 
 
-def raw_stream_mb_per_s(size: int) -> tuple[float, float]:
-    """(MB/s, seconds) of one py-libp2p stream between two fresh processes."""
+def raw_stream_mb_per_s(size: int) -> tuple[float, float, dict[str, float]]:
+    """(MB/s, seconds, CPU seconds of sender and receiver during the transfer) of one
+    py-libp2p stream between two fresh processes."""
     script = str(Path(__file__).resolve())
     receiver = subprocess.Popen(
         [sys.executable, script, "--raw-role", "receive"], stdout=subprocess.PIPE, text=True
@@ -151,6 +159,7 @@ def raw_stream_mb_per_s(size: int) -> tuple[float, float]:
             check=True,
             timeout=RAW_DEADLINE_S + 30,
         )
+        receiver_cpu = json.loads(receiver.stdout.readline())
         receiver.wait(timeout=30)
     finally:
         if receiver.poll() is None:
@@ -161,7 +170,9 @@ def raw_stream_mb_per_s(size: int) -> tuple[float, float]:
     figures = json.loads(sender.stdout.strip().splitlines()[-1])
     if figures["bytes"] != size:
         raise RuntimeError(f"raw stream delivered {figures['bytes']} of {size} bytes")
-    return size / figures["seconds"] / MB, figures["seconds"]
+    cpu = {"sender_cpu_s": round(figures["sender_cpu_s"], 2),
+           "receiver_cpu_s": round(receiver_cpu["receiver_cpu_s"], 2)}
+    return size / figures["seconds"] / MB, figures["seconds"], cpu
 
 
 # -- the devnet ---------------------------------------------------------------------------
@@ -315,9 +326,11 @@ def main() -> None:
         results["sha256_mb_per_s"] = local["sha256 (hashlib, 1 MiB)"]
         results["local_add_mb_per_s"] = local["add into block store"]
         results["local_get_mb_per_s"] = local["get: read file back"]
-        raw, raw_s = raw_stream_mb_per_s(size)
+        raw, raw_s, raw_cpu = raw_stream_mb_per_s(size)
         results["raw_stream_mb_per_s"] = round(raw, 1)
-        print(f"one py-libp2p stream (2 processes) {raw:>8.1f} MB/s ({raw_s:.2f} s)")
+        results["raw_stream_cpu_s"] = raw_cpu
+        print(f"one py-libp2p stream (2 processes) {raw:>8.1f} MB/s ({raw_s:.2f} s, CPU s"
+              f" {raw_cpu})")
         profile = directory / "node3.prof" if args.profile else None
         with ProfiledDevnet(devnet_init(directory / "net", NODES)) as devnet:
             set_fsync(devnet, not args.no_fsync)

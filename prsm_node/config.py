@@ -130,6 +130,11 @@ class NetworkConfig:
     inbound_requests_max: int = _key(
         "requests served at once for all peers together; more wait", 64, _between(1, 4096)
     )
+    yamux_window_update_every_read: bool = _key(
+        "send a yamux WINDOW_UPDATE after every read of a stream (py-libp2p's default) "
+        "instead of once half the window is read (go-yamux)",
+        False,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,8 +7,10 @@ Rules:
    whole file in memory. ``add_file`` writes each block as it is built and has the store
    make them durable and index them in batches (``BlockStore.batch``), so the fsyncs,
    directory fsyncs and index transaction are paid once per batch, not once per block.
-   Rejected: hashing in a second thread while this one writes (BENCHMARKS.md, "Local add
-   in batches"): slower on the shared 2-core machine.
+   With fsync, the store's writer thread creates, writes, fsyncs and renames the files
+   while this thread reads and hashes (``storage.blockstore`` rule 7). Rejected: hashing
+   in a second thread while this one writes (BENCHMARKS.md, "Local add in batches"):
+   slower on the shared 2-core machine, since this thread then only waited on the disk.
 3. Outputs are written to ``<name>.part`` and renamed when complete, so an interrupted
    ``store get -o`` or ``export-car`` never leaves a truncated file under the real name.
 4. Errors are the core's typed ``StorageError``s or ``OSError``; the API maps them.

@@ -16,8 +16,9 @@ Rules:
    *before* the fetch (the block store protects a pinned partial DAG from collection)
    when the caller wants it kept, and announced in the DHT once complete.
 4. Every block stored, whatever its source (add, fetch, CAR), goes through ``put``, or for
-   ``store add`` through a block-store batch followed by ``push`` (storage_local.add_file);
-   both push it to Kubo when ``storage.kubo_api`` is set (storage_kubo.py).
+   ``store add`` and a fetch through a block-store batch followed by ``push``
+   (storage_local.add_file, storage_fetch); both push it to Kubo when
+   ``storage.kubo_api`` is set (storage_kubo.py).
 """
 
 from __future__ import annotations
@@ -292,7 +293,7 @@ class StorageService:
         return FetchDriver(
             root=root,
             store=self.store,
-            put=self.put,
+            push=self.push,
             session_config=session,
             network=network,
             provider_lookups_max=config.provider_lookups_max,

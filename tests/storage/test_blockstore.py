@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from storage import durable
-from storage.blockstore import PUT_MANY_BLOCKS_MAX, BlockStore
+from storage.blockstore import PUT_MANY_BLOCKS_MAX, BlockStore, VerifyReport
 from storage.cid import raw_cid
 from storage.errors import (
     BlockNotFoundError,
@@ -240,8 +243,9 @@ def _fill(store: BlockStore, blocks: list[Block], *, batched: bool) -> None:
             store.put(b)
 
 
+@pytest.mark.parametrize("fsync", [False, True])  # True: through the writer thread
 def test_a_batch_accounts_and_collects_exactly_as_one_put_after_another(
-    tmp_path: Path,
+    tmp_path: Path, fsync: bool
 ) -> None:
     """Past the quota a batch commits, then collects: the same blocks survive."""
     size = 300 * 1024
@@ -250,7 +254,8 @@ def test_a_batch_accounts_and_collects_exactly_as_one_put_after_another(
     stats, listings = [], []
     for batched in (False, True):
         directory = tmp_path / str(batched)
-        with open_store(directory, quota_bytes=4 * MiB, gc_low_watermark=0.75) as store:
+        with BlockStore(directory, quota_bytes=4 * MiB, clock_ms=Clock(), fsync=fsync,
+                        gc_low_watermark=0.75) as store:
             _fill(store, blocks, batched=batched)
             stats.append(store.stat())
             listings.append(store.ls(limit=1000))
@@ -332,3 +337,88 @@ def test_a_durable_batch_stores_with_or_without_early_writeback(
     with open_store(tmp_path) as again:
         assert again.verify().checked_count == 70
         assert all(again.get(b.cid) == b.data for b in blocks)
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("file-batch-writer")]
+
+
+def test_a_durable_batch_indexes_a_group_once_the_writer_has_published_it(
+    tmp_path: Path,
+) -> None:
+    """Rule 7: a durable batch hands each group to its writer thread; a group is indexed
+    only after the writer published it (data and names durable), at the latest when the
+    next group is handed off or the batch ends, and the thread ends with the batch."""
+    blocks = [block(bytes([i]) * 3000) for i in range(9)]
+    with BlockStore(tmp_path, quota_bytes=64 * MiB, fsync=True, commit_blocks_max=4) as store:
+        with store.batch() as batch:
+            for b in blocks[:8]:
+                assert batch.put(b)
+            assert writer_threads()  # it wrote from the second block on
+            assert all(store.has(b.cid) for b in blocks[:4])  # indexed at the 2nd hand-off
+            assert batch.put(blocks[8])
+        assert writer_threads() == []
+        assert all(store.has(b.cid) for b in blocks)
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert store.stat().size_bytes == sum(len(b.data) for b in blocks)
+        assert store.verify() == VerifyReport(checked_count=9, corrupt=(), missing=(),
+                                              adopted=())
+
+
+def test_a_collection_never_removes_a_block_that_a_batch_is_writing(tmp_path: Path) -> None:
+    """A batch publishes without the store's lock (rule 7), so a collection between a
+    rename and its index row must not remove the file (the row would then have none)."""
+    with open_store(tmp_path) as store, store.batch() as batch:
+        shared = block(b"added here, fetched by the exchange meanwhile")
+        assert batch.put(shared)  # staged by the batch, not yet indexed
+        assert store.put(shared)  # indexed and unpinned: a candidate for collection
+        report = store.gc()
+        assert report.removed_count == 0
+        assert store.has(shared.cid)
+        assert len(block_files(tmp_path)) == 1
+
+
+WRITE_FAILS = """
+import json, resource, signal, sys
+from pathlib import Path
+from storage.blockstore import BlockStore
+from storage.cid import raw_cid
+from storage.unixfs import Block
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, 512 * 1024))  # writes past: EFBIG
+root = Path(sys.argv[1])
+blocks = [Block(raw_cid(data), data) for data in
+          (b"a" * 1000, b"b" * 1000, b"c" * 1000, b"d" * (1 << 20), b"e" * 1000)]
+store = BlockStore(root, quota_bytes=64 << 20, fsync=True, commit_blocks_max=2)
+try:
+    with store.batch() as batch:
+        for b in blocks:
+            batch.put(b)
+    error = None
+except OSError as caught:
+    error = caught.errno
+print(json.dumps({
+    "error": error,
+    "indexed": [store.has(b.cid) for b in blocks],
+    "files": sorted(p.name for p in (root / "blocks").glob("*/*")),
+    "temp": sorted(p.name for p in (root / "tmp").iterdir()),
+    "names": [str(b.cid) for b in blocks],
+    "size_bytes": store.stat().size_bytes,
+}))
+"""
+
+
+def test_a_write_that_fails_in_the_writer_thread_publishes_nothing_of_its_group(
+    tmp_path: Path,
+) -> None:
+    """A real EFBIG (RLIMIT_FSIZE) in the background write of a 1 MiB block leaves a
+    partial temp file: it must never be renamed, its group never indexed, the error must
+    reach the caller, and the group published before it stays (complete and durable)."""
+    run = subprocess.run([sys.executable, "-c", WRITE_FAILS, str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(run.stdout)
+    assert result["error"] == errno.EFBIG
+    assert result["indexed"] == [True, True, False, False, False]
+    assert result["files"] == sorted(result["names"][:2])
+    assert result["temp"] == []
+    assert result["size_bytes"] == 2000

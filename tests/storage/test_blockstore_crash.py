@@ -3,11 +3,13 @@
 A separate writer process puts blocks of random sizes (fsync on, as the node does by
 default) into one store whose quota is small, so the store also collects garbage on its
 own while it is being killed. It writes either one ``put`` at a time (the exchange) or
-in batches of 1-100 blocks (``store add``; a batch commits every 64 blocks and early when
-the quota is near), so kills land while a batch's files are staged, fsynced, renamed or
-indexed. Each of ROUNDS rounds kills the writer after a random delay
-(seeded), then opens the store in this process and checks, independently of the store's
-own hashing (hashlib on the file bytes):
+in batches of 1-100 blocks (``store add``; a batch commits every ``PUT_MANY_BLOCKS_MAX``
+blocks and early when the quota is near, and from its second block on its files are
+written, fsynced and renamed by the batch's writer thread while the writer process puts
+the next blocks: ``storage.blockstore`` rule 7), so kills land while a batch's files are
+staged, fsynced, renamed or indexed, in either thread. Each of ROUNDS rounds kills the
+writer after a random delay (seeded), then opens the store in this process and checks,
+independently of the store's own hashing (hashlib on the file bytes):
 - every file under ``blocks/`` is named by a CID whose digest is the sha256 of its bytes;
 - ``verify()`` finds nothing corrupt and no index row without its file;
 - every indexed block is served by ``get`` and rehashes to its CID;
