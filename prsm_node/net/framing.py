@@ -52,44 +52,22 @@ def decode_body(body: bytes) -> Any:
         raise FrameError(f"malformed msgpack: {error}") from None
 
 
-READ_CHUNK = 64 * 1024
-"""Bytes asked of the stream per read: py-libp2p's yamux hands out at most 64 KiB per frame."""
+async def read_exactly(stream: ReadableStream, size: int) -> bytes:
+    """Exactly `size` bytes; StreamEOF from the stream passes through, a short read too."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = await stream.read(remaining)
+        if not chunk:
+            raise FrameError(f"stream ended {remaining} bytes short of a frame")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
-class FrameReader:
-    """The frames of one stream, read in chunks of up to ``READ_CHUNK`` bytes.
-
-    Why not two reads per frame (header, then body): each py-libp2p yamux read takes a lock
-    and usually sends the peer a WINDOW_UPDATE frame (Noise-encrypted, one socket write),
-    so at thousands of small frames a second the reads cost more than the frames. One read
-    here brings a frame's header with its body, and often the next frames too. A frame's
-    length is still checked against ``frame_size_max`` before its body is awaited, and the
-    buffer never holds more than one frame plus one chunk. The reader must be the stream's
-    only reader: what it buffered belongs to the next frame.
-    """
-
-    def __init__(self, stream: ReadableStream, frame_size_max: int) -> None:
-        self._stream = stream
-        self._frame_size_max = frame_size_max
-        self._buffer = bytearray()
-
-    async def read(self) -> Any:
-        """The next frame's value; FrameError for a bad frame, the stream's EOF and reset
-        errors pass through (between frames they are a clean end)."""
-        (length,) = HEADER.unpack(await self._take(HEADER.size))
-        if length > self._frame_size_max:
-            raise FrameTooLarge(
-                f"frame of {length} bytes exceeds frame_size_max {self._frame_size_max}"
-            )
-        return decode_body(await self._take(length))
-
-    async def _take(self, size: int) -> bytes:
-        buffer = self._buffer
-        while len(buffer) < size:
-            chunk = await self._stream.read(max(READ_CHUNK, size - len(buffer)))
-            if not chunk:
-                raise FrameError(f"stream ended {size - len(buffer)} bytes short of a frame")
-            buffer += chunk
-        taken = bytes(buffer[:size])
-        del buffer[:size]
-        return taken
+async def read_frame(stream: ReadableStream, frame_size_max: int) -> Any:
+    """Read one frame and decode it; raises FrameTooLarge before reading an oversized body."""
+    (length,) = HEADER.unpack(await read_exactly(stream, HEADER.size))
+    if length > frame_size_max:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds frame_size_max {frame_size_max}")
+    return decode_body(await read_exactly(stream, length))

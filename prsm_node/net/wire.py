@@ -32,7 +32,7 @@ from libp2p.peer.id import ID
 from libp2p.stream_muxer.exceptions import MuxedConnError, MuxedStreamError
 
 from prsm_node.errors import PeerProtocolError
-from prsm_node.net.framing import FrameError, FrameReader, encode_frame
+from prsm_node.net.framing import FrameError, encode_frame, read_frame
 from prsm_node.net.scores import PeerScores
 
 log = structlog.get_logger(__name__)
@@ -132,10 +132,9 @@ class Wire:
 
     async def _serve_stream(self, protocol: str, handler: Handler, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
-        frames = FrameReader(stream, self._frame_size_max)
         try:
             while True:
-                request_id, payload = await self._read_request(peer, frames)
+                request_id, payload = await self._read_request(peer, stream)
                 async with self._inbound_limit:
                     reply = await self._answer(peer, handler, request_id, payload)
                 await stream.write(encode_frame(reply, self._frame_size_max))
@@ -147,8 +146,10 @@ class Wire:
         finally:
             await _close_quietly(stream)
 
-    async def _read_request(self, peer: str, frames: FrameReader) -> tuple[int, Any]:
-        kind, request_id, payload = _parse_envelope(peer, await frames.read())
+    async def _read_request(self, peer: str, stream: Any) -> tuple[int, Any]:
+        kind, request_id, payload = _parse_envelope(
+            peer, await read_frame(stream, self._frame_size_max)
+        )
         if kind != REQUEST:
             raise PeerProtocolError(peer, "response sent on a stream it did not open")
         return request_id, payload
@@ -213,10 +214,9 @@ class Wire:
             return outbound
 
     async def _read_responses(self, peer: str, protocol: str, outbound: _OutboundStream) -> None:
-        frames = FrameReader(outbound.stream, self._frame_size_max)
         try:
             while True:
-                value = await frames.read()
+                value = await read_frame(outbound.stream, self._frame_size_max)
                 kind, request_id, payload = _parse_envelope(peer, value)
                 pending = outbound.pending.get(request_id)
                 if kind == REQUEST or (pending is None and request_id not in outbound.issued):
