@@ -299,11 +299,14 @@ class LedgerService:
         rejected = self.replica.counters["blocks_rejected"]
         before = self.ledger().height
         await self._feed(rx.CertifiedBlocksReceived(blocks=blocks))
-        if self.replica.counters["blocks_rejected"] > rejected:
-            raise PeerProtocolError(peer, "ledger: a certified block failed its checks")
+        # Blocks applied before a rejected one are counted too: they were good.
         self.counters["followed"] += self.ledger().height - before
         if self.ledger().height > before:
             log.info("ledger.followed", peer=peer, height=self.ledger().height)
+        if self.replica.counters["blocks_rejected"] > rejected:
+            log.warning("ledger.certified_block_rejected", peer=peer,
+                        height=self.ledger().height + 1, answered=len(blocks))
+            raise PeerProtocolError(peer, "ledger: a certified block failed its checks")
         return len(blocks) == BLOCKS_PER_REQUEST_MAX
 
     async def _feed(self, event: Any) -> None:
