@@ -33,7 +33,7 @@ from consensus.codec import Ed25519Signer
 from consensus.genesis import Genesis
 from consensus.tx import TxBody, TxKind, sign_tx
 from prsm_node.config import load_config, render_toml
-from prsm_node.control import ControlClientError
+from prsm_node.control import ControlClient, ControlClientError
 from prsm_node.datadir import DataDir
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 from prsm_node.identity import read_seed
@@ -182,22 +182,23 @@ class CommitSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _count(self) -> int:
-        balance = self._devnet.call(0, "wallet_balance", {"address": SINK})["balance"]
+    @staticmethod
+    def _count(client: ControlClient) -> int:
+        balance = client.call("wallet_balance", {"address": SINK})["balance"]
         return int(Decimal(balance) * 1000)  # each transfer moves 0.001 FTNS to the sink
 
     def _run(self) -> None:
         with self._devnet.client(0, timeout_s=30) as client:
             while not self._done.wait(self.SAMPLE_S):
-                balance = client.call("wallet_balance", {"address": SINK})["balance"]
-                count = int(Decimal(balance) * 1000)
-                self.samples.append((time.perf_counter() - self._began, count))
+                self.samples.append((time.perf_counter() - self._began, self._count(client)))
 
     def latest(self) -> int:
         return self.samples[-1][1] if self.samples else 0
 
     def wait_for_count(self, total: int, deadline_s: float) -> None:
-        wait_for(lambda: self._count() == total, deadline_s, f"all {total} transfers committed")
+        with self._devnet.client(0, timeout_s=30) as client:
+            wait_for(lambda: self._count(client) == total, deadline_s,
+                     f"all {total} transfers committed")
 
     def stop(self) -> None:
         self._done.set()

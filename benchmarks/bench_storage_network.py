@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_common import cpu_seconds
 from benchmarks.bench_storage import local_figures
 from prsm_node.devnet import Devnet, devnet_init, wait_for
 
@@ -204,15 +205,9 @@ def fetch(devnet: Devnet, index: int, cid: str) -> dict:
         return client.call("store_get", {"cid": cid})
 
 
-def cpu_seconds(devnet: Devnet) -> list[float]:
-    """user + system CPU seconds used so far by each node process (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used = []
-    for index in range(NODES):
-        pid = devnet._processes[index].pid
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        used.append((int(fields[11]) + int(fields[12])) / tick)
-    return used
+def nodes_cpu_seconds(devnet: Devnet) -> list[float]:
+    """CPU seconds used so far by each node process."""
+    return [cpu_seconds(devnet.pid(index)) for index in range(NODES)]
 
 
 def set_fsync(devnet: Devnet, fsync: bool) -> None:
@@ -342,9 +337,10 @@ def main() -> None:
                 f"({add_s:.2f} s)"
             )
             for index, providers in ((1, 1), (2, 2), (3, 3)):
-                before = cpu_seconds(devnet)
+                before = nodes_cpu_seconds(devnet)
                 outcome = fetch(devnet, index, cid)
-                cpu = [round(b - a, 2) for a, b in zip(before, cpu_seconds(devnet), strict=True)]
+                after = nodes_cpu_seconds(devnet)
+                cpu = [round(b - a, 2) for a, b in zip(before, after, strict=True)]
                 seconds = outcome["duration_ms"] / 1000
                 figure = round(size / seconds / MB, 1)
                 results[f"fetch_{providers}_providers_mb_per_s"] = figure

@@ -65,7 +65,6 @@ from prsm_node.net.wire import RequestFailed, Wire
 log = structlog.get_logger(__name__)
 
 PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
-STREAM_OPEN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
@@ -79,6 +78,8 @@ FETCH_IDLE_BACKOFF_S = (0.5, 1.0, 2.0)
 `NeedBlocks` waits this long (by streak; the last value repeats): 29 followers asking on
 every 500 ms tick send the validators ~58 empty requests a second. Any block fetched
 resets it; a follower of an idle chain sees a new block up to 2 s late."""
+STREAM_OPEN_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Pauses between tries to open the PBFT stream to a fellow validator at start (~15 s)."""
 PERSIST_EFFECTS = (rx.PersistView, rx.PersistSlot, rx.PersistCheckpoint, rx.PersistBlock)
 
 
