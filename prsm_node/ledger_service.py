@@ -298,10 +298,15 @@ class LedgerService:
         if not blocks:
             return False
         rejected = self.replica.counters["blocks_rejected"]
-        before = self.ledger().height
-        await self._feed(rx.CertifiedBlocksReceived(blocks=blocks))
-        # Blocks applied before a rejected one are counted too: they were good.
-        self.counters["followed"] += self.ledger().height - before
+        async with self._lock:
+            before = self.ledger().height
+            effects = self.replica.handle(unix_ms(), rx.CertifiedBlocksReceived(blocks=blocks))
+            # Counted in the same step as the replica applies them (blocks applied before
+            # a rejected one too: they were good), not after the store writes: a query
+            # answered while they are written sees the new height, and must see the
+            # count that goes with it.
+            self.counters["followed"] += self.ledger().height - before
+            await self._perform(effects)
         if self.ledger().height > before:
             log.info("ledger.followed", peer=peer, height=self.ledger().height)
         if self.replica.counters["blocks_rejected"] > rejected:
