@@ -22,7 +22,9 @@ or ADD_PROVIDER to the k closest, caching the best record at peers that lacked i
 emits ``CommandFinished``. Every valid message from a peer refreshes it in the routing
 table; a full bucket makes the node ping the bucket's oldest entry (routing.py, rule 1).
 A maintenance timer expires records, republishes what we published, refreshes idle buckets
-and emits ``PersistTable`` when the table changed.
+and emits ``PersistTable`` when the table changed. A bootstrap lookup that no peer
+answered is retried with a doubling delay (``bootstrap_retry_*``), seeded with the
+bootstrap peers even once failures have removed them from the table, until one answers.
 """
 
 from __future__ import annotations
@@ -142,11 +144,19 @@ class DhtNode:
         self._next_request_id = rng.getrandbits(48)
         self._next_lookup_id = 1
         self._maintenance_armed = False
+        self._bootstrap_peers: tuple[PeerInfo, ...] = ()
+        self._bootstrap_retry_ms = 0  # the delay of the next retry; 0: joined, none due
+        self._bootstrap_retry_armed = False  # one retry timer at a time
         self._out: list[fx.Effect] = []
         self.counters: dict[str, int] = dict.fromkeys(fx.COUNTER_NAMES, 0)
         self._hostile_by_reason: dict[str, int] = {}
 
     # -- entry point -----------------------------------------------------------------------
+
+    def set_own_addresses(self, addrs: tuple[str, ...]) -> None:
+        """The addresses we announce as a provider: known once the host listens, which
+        is after the shell built this core (handlers first, then connections)."""
+        self.own = PeerInfo(peer_id=self.own.peer_id, addrs=addrs)
 
     def handle(self, now_ms: int, event: fx.Input) -> list[fx.Effect]:
         """Apply one input; return the effects for the shell to perform, in order."""
@@ -366,12 +376,18 @@ class DhtNode:
         elif timer.kind is TimerKind.MAINTENANCE:
             self._maintain(now_ms)
             self._arm_maintenance(now_ms, rearm=True)
+        elif timer.kind is TimerKind.BOOTSTRAP_RETRY:
+            self._bootstrap_retry_armed = False
+            if self._bootstrap_retry_ms:  # not joined since the timer was set
+                self.counters["bootstrap_retries"] += 1
+                self._bootstrap(now_ms, None)
 
     # -- lookups ---------------------------------------------------------------------------
 
     def _start_lookup(self, now_ms: int, kind: LookupKind, key: bytes, target: int,
                       task: _Task, command_id: int | None,
-                      record: SignedRecord | None = None) -> bool:
+                      record: SignedRecord | None = None,
+                      extra_seeds: tuple[PeerInfo, ...] = ()) -> bool:
         if len(self._lookups) >= self.config.lookups_max:
             self.counters["lookups_refused"] += 1
             if command_id is not None:
@@ -379,8 +395,11 @@ class DhtNode:
                     command_id=command_id, result=fx.CommandFailed(reason="too many lookups")))
             return False
         config = self.config
+        seeds = self.table.closest(target, config.k)
+        known = {peer.peer_id for peer in seeds}
+        seeds += [peer for peer in extra_seeds if peer.peer_id not in known]
         lookup = Lookup(kind=kind, target=target, key=key, own_id=self.own.peer_id,
-                        seeds=self.table.closest(target, config.k), started_ms=now_ms,
+                        seeds=seeds, started_ms=now_ms,
                         k=config.k, alpha=config.alpha, candidates_max=config.candidates_max,
                         quorum=config.get_value_quorum, providers_max=config.providers_max)
         if kind is LookupKind.GET_VALUE:
@@ -430,6 +449,8 @@ class DhtNode:
         self.counters["lookups_finished"] += 1
         if not result.completed:
             self.counters["lookups_deadline"] += 1
+        if task.task is _Task.BOOTSTRAP:
+            self._bootstrap_finished(now_ms, joined=bool(result.closest))
         if task.task is _Task.PUT:
             assert task.record is not None
             sent = self._replicate(now_ms, result, Request(
@@ -471,9 +492,11 @@ class DhtNode:
         if isinstance(command, fx.Bootstrap):
             for peer in command.peers:
                 self._seen(now_ms, peer)
+            fresh = {peer.peer_id for peer in command.peers}
+            kept = tuple(p for p in self._bootstrap_peers if p.peer_id not in fresh)
+            self._bootstrap_peers = (kept + tuple(command.peers))[-self.config.k:]
             self._arm_maintenance(now_ms)
-            self._start_lookup(now_ms, LookupKind.FIND_NODE, b"", self.own.key,
-                               _Task.BOOTSTRAP, command.command_id)
+            self._bootstrap(now_ms, command.command_id)
         elif isinstance(command, fx.FindNode):
             self._start_lookup(now_ms, LookupKind.FIND_NODE, b"", command.target,
                                _Task.USER, command.command_id)
@@ -489,6 +512,27 @@ class DhtNode:
             self._provide(now_ms, command.key, command.command_id, republish=True)
         else:
             raise TypeError(f"not a DHT input: {type(command).__name__}")
+
+    def _bootstrap(self, now_ms: int, command_id: int | None) -> None:
+        """Look up our own id, which fills our neighbourhood and puts us in the tables of
+        the peers asked; the bootstrap peers seed it even if failures evicted them."""
+        self._start_lookup(now_ms, LookupKind.FIND_NODE, b"", self.own.key, _Task.BOOTSTRAP,
+                           command_id, extra_seeds=self._bootstrap_peers)
+
+    def _bootstrap_finished(self, now_ms: int, *, joined: bool) -> None:
+        """Joined (a peer answered): stop retrying. Otherwise retry later, one timer at a
+        time, the delay doubling up to its cap (module header)."""
+        if joined:
+            self._bootstrap_retry_ms = 0
+            return
+        if self._bootstrap_retry_armed:
+            return
+        config = self.config
+        delay = self._bootstrap_retry_ms or config.bootstrap_retry_initial_ms
+        self._bootstrap_retry_ms = min(2 * delay, config.bootstrap_retry_max_ms)
+        self._bootstrap_retry_armed = True
+        self._out.append(fx.SetTimer(timer=TimerId(kind=TimerKind.BOOTSTRAP_RETRY, ident=0),
+                                     at_ms=now_ms + delay))
 
     def _put(self, now_ms: int, record: SignedRecord, command_id: int | None,
              republish: bool) -> None:

@@ -71,6 +71,12 @@ class DhtConfig:
     quorum of responses before choosing the best record)."""
     providers_max: int = PEERS_PER_MESSAGE_MAX
     maintenance_interval_ms: int = MINUTE_MS
+    bootstrap_retry_initial_ms: int = 1_000
+    """A bootstrap that no peer answered is retried after this, then after twice as long
+    each time up to ``bootstrap_retry_max_ms``. Without it one lost request left a node
+    out of the network until the next bucket refresh (10 min): its bootstrap peer never
+    learns of it, since peers enter a table only by talking to it."""
+    bootstrap_retry_max_ms: int = MINUTE_MS
     bucket_refresh_idle_ms: int = 10 * MINUTE_MS
     """go-libp2p-kad-dht refreshes its table every 10 min (the paper says 1 h)."""
     refresh_lookups_max: int = 4
@@ -108,6 +114,8 @@ class DhtConfig:
             (self.providers_max <= PEERS_PER_MESSAGE_MAX, "providers_max must be <= 20"),
             (self.requests_pending_max >= self.alpha + self.k,
              "requests_pending_max must be >= alpha + k"),
+            (self.bootstrap_retry_initial_ms <= self.bootstrap_retry_max_ms,
+             "bootstrap_retry_initial_ms must be <= bootstrap_retry_max_ms"),
             (self.request_timeout_ms < self.lookup_deadline_ms,
              "request_timeout_ms must be < lookup_deadline_ms"),
             (self.record_republish_interval_ms < self.record_ttl_ms,
@@ -130,6 +138,7 @@ class TimerKind(enum.Enum):
     REQUEST = "request"  # ident: request id
     LOOKUP_DEADLINE = "lookup_deadline"  # ident: lookup id
     MAINTENANCE = "maintenance"  # ident: 0
+    BOOTSTRAP_RETRY = "bootstrap_retry"  # ident: 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,7 +288,7 @@ COUNTER_NAMES = (
     "lookups_started", "lookups_finished", "lookups_deadline", "lookups_refused",
     "records_stored", "records_refused", "records_cached_at_peers", "providers_stored",
     "stores_refused_by_peer", "republished", "bucket_refreshes", "hostile_inputs",
-    "peers_dropped",
+    "peers_dropped", "bootstrap_retries",
 )
 
 

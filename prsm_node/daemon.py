@@ -1,10 +1,13 @@
 """The daemon: one root nursery that owns the host, the peer manager and the control socket.
 
 Order of start (trio: services start with `nursery.start`, so each is ready before the
-next): data dir lock -> identity -> libp2p host listening -> control socket answering ->
-peer manager dialling. Shutdown (SIGINT, SIGTERM or `node_shutdown`) cancels the root
-scope: streams close, peers.json is written, the socket and the lock are removed, and the
-process exits 0.
+next): data dir lock -> identity -> libp2p host (not listening) -> services, each with its
+protocols registered -> control socket answering -> host listening -> peer manager
+dialling. Listening last means no peer can open a stream to a protocol not yet served: an
+early dialler's DHT bootstrap once failed that way and the node never entered the
+other's routing table. An address that cannot be listened on stops the node (ListenError).
+Shutdown (SIGINT, SIGTERM or `node_shutdown`) cancels the root scope: streams close,
+peers.json is written, the socket and the lock are removed, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from typing import Any
 
 import structlog
 import trio
-from multiaddr import Multiaddr
 from nacl.signing import SigningKey
 
 from prsm_node import __version__
@@ -30,6 +32,7 @@ from prsm_node.control import Dispatcher, serve_control
 from prsm_node.datadir import DataDir, DataDirLock
 from prsm_node.dht_api import register_dht_methods
 from prsm_node.dht_service import DhtService, unix_ms
+from prsm_node.errors import ListenError
 from prsm_node.identity import read_seed
 from prsm_node.jobs.runner import JobRunner
 from prsm_node.jobs_api import JobsMethods
@@ -38,7 +41,7 @@ from prsm_node.ledger_api import LedgerMethods
 from prsm_node.ledger_genesis import GENESIS_FILE_NAME, ensure_genesis
 from prsm_node.ledger_service import LedgerService
 from prsm_node.loop_monitor import LoopMonitor
-from prsm_node.net.host import ConnectionEvent, build_host
+from prsm_node.net.host import ConnectionEvent, build_host, listen
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
@@ -58,7 +61,7 @@ JOBS_DIR_NAME = "jobs"  # work dirs of running jobs, under the data dir
 
 @dataclass(slots=True, kw_only=True)
 class NodeContext:
-    """What the control methods may read and drive; built once the host listens."""
+    """What the control methods may read and drive; built before the host listens."""
 
     data_dir: DataDir
     config: NodeConfig
@@ -115,23 +118,31 @@ async def _run_locked(data_dir: DataDir, config: NodeConfig) -> None:
         inbound_requests_max=network.inbound_requests_max,
         scores=scores,
     )
-    listen = [Multiaddr(address) for address in network.listen]
-    async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
+    listen_failure: ListenError | None = None
+    async with host.run(listen_addrs=[]), trio.open_nursery() as nursery:
         wire.bind(nursery)
         context = _build_services(data_dir, config, seed, host, wire, scores)
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(_stop_on_request, context.shutdown_requested, nursery.cancel_scope)
-        await _start_services(nursery, context, receive_events)
-        log.info(
-            "node.started",
-            peer_id=context.peer_id(),
-            listen=context.listen_addresses(),
-            socket=str(data_dir.socket_path),
-            version=__version__,
-            pid=os.getpid(),
-        )
-        _announce_ready(context)
-        _freeze_startup_heap(context.loop_monitor)
+        await _start_services(nursery, context)
+        try:
+            await _go_online(nursery, context, receive_events)
+        except ListenError as error:  # raised below: inside the nursery it would be grouped
+            listen_failure = error
+            nursery.cancel_scope.cancel()
+        else:
+            log.info(
+                "node.started",
+                peer_id=context.peer_id(),
+                listen=context.listen_addresses(),
+                socket=str(data_dir.socket_path),
+                version=__version__,
+                pid=os.getpid(),
+            )
+            _announce_ready(context)
+            _freeze_startup_heap(context.loop_monitor)
+    if listen_failure is not None:
+        raise listen_failure
 
 
 def _freeze_startup_heap(monitor: LoopMonitor | None) -> None:
@@ -241,14 +252,10 @@ def _loop_monitor(threshold_ms: int, count_task_steps: bool) -> LoopMonitor | No
     return monitor
 
 
-async def _start_services(
-    nursery: trio.Nursery,
-    context: NodeContext,
-    connection_events: trio.MemoryReceiveChannel[ConnectionEvent],
-) -> None:
+async def _start_services(nursery: trio.Nursery, context: NodeContext) -> None:
     """Start in dependency order: the block store and the registry (whose pubsub must run
-    before connections arrive) are open before the control socket takes calls, and the
-    node answers on the socket before it dials anyone."""
+    before connections arrive) are open before the control socket takes calls; every
+    service has registered its protocols before the host listens (`_go_online`)."""
     if context.loop_monitor is not None:
         nursery.start_soon(context.loop_monitor.run)
     dispatcher = Dispatcher()
@@ -276,6 +283,17 @@ async def _start_services(
     await nursery.start(context.ledger.run)
     await nursery.start(context.jobs.run)
     await nursery.start(context.replicator.run)
+
+
+async def _go_online(
+    nursery: trio.Nursery,
+    context: NodeContext,
+    connection_events: trio.MemoryReceiveChannel[ConnectionEvent],
+) -> None:
+    """Listen, then dial: peers reach a node that serves all its protocols already."""
+    await listen(context.host, list(context.config.network.listen))
+    context.dht.listening()
+    context.registry.listening()
     await nursery.start(context.peers.run, connection_events)
 
 

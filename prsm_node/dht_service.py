@@ -79,8 +79,7 @@ class DhtService:
         self._host = host
         self._table_file = data_dir / TABLE_FILE_NAME
         self._own_id = ID.from_base58(own_peer_id).to_bytes()
-        own_addrs = tuple(str(address) for address in host.get_addrs())[:ADDRS_MAX]
-        own = PeerInfo(peer_id=self._own_id, addrs=own_addrs)
+        own = PeerInfo(peer_id=self._own_id, addrs=self._own_addresses())
         self.signer = Ed25519Signer(SigningKey(seed))
         self.core = DhtNode(
             own=own,
@@ -98,6 +97,13 @@ class DhtService:
         self._nursery: trio.Nursery | None = None
 
     # -- start-up ----------------------------------------------------------------------
+
+    def _own_addresses(self) -> tuple[str, ...]:
+        return tuple(str(address) for address in self._host.get_addrs())[:ADDRS_MAX]
+
+    def listening(self) -> None:
+        """The host listens now: our provider records carry its addresses."""
+        self.core.set_own_addresses(self._own_addresses())
 
     def _load_table(self, config: fx.DhtConfig) -> RoutingTable | None:
         try:

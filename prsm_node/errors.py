@@ -45,6 +45,11 @@ class KeyFileError(UserError):
     """The node key file is unreadable, malformed or readable by others."""
 
 
+class ListenError(UserError):
+    """An address of `network.listen` cannot be listened on (in use, not ours): a node
+    that started anyway would be unreachable and say nothing."""
+
+
 class PeerProtocolError(Exception):
     """A peer sent something that breaks the protocol: counted, scored, never fatal."""
 

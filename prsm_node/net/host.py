@@ -29,6 +29,7 @@ Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from multiaddr import Multiaddr
 
 from prsm_node.config import NetworkConfig
+from prsm_node.errors import ListenError
 from prsm_node.identity import libp2p_key_pair
 from prsm_node.net import muxer
 
@@ -128,3 +130,32 @@ async def dial(host: Any, address: str) -> str:
     host.get_network().unblock_peer(info.peer_id)  # see the module header
     await host.connect(info)
     return info.peer_id.to_base58()
+
+
+async def listen(host: Any, addresses: list[str]) -> None:
+    """Listen on every address of `network.listen`, or raise ListenError naming the first
+    that failed: py-libp2p only logs a failed listener and runs on unreachable.
+
+    The daemon calls this after its services have registered their protocols (a peer
+    that connected earlier had its streams refused: a dialler's DHT bootstrap request got
+    "protocol not supported" and the node stayed out of the other's table)."""
+    network = host.get_network()
+    for address in addresses:
+        if not await network.listen(Multiaddr(address)):
+            raise ListenError(f"cannot listen on {address} (network.listen): "
+                              f"{_bind_failure(Multiaddr(address))}")
+
+
+def _bind_failure(address: Multiaddr) -> str:
+    """Why a TCP address cannot be bound, asked of the OS (libp2p gives only a bool)."""
+    try:
+        ip, port = address.value_for_protocol("ip4"), int(address.value_for_protocol("tcp"))
+    except Exception:  # not /ip4/.../tcp/...: no probe for it
+        return "the transport refused it"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((ip, port))
+        except OSError as error:
+            return error.strerror or str(error)
+    return "the transport refused it"

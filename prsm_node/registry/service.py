@@ -388,6 +388,11 @@ class RegistryService:
             )
             await self._publish_own(entry, "models_renewed")
 
+    def listening(self) -> None:
+        """The host listens now (it starts after the services): our capability entry
+        names our addresses, so announce it again."""
+        self._announce_now.set()
+
     async def _probe_hardware(self) -> None:
         self.hardware = await caps.probe_hardware()
         log.info("registry.hardware", torch=self.hardware.torch, gpus=list(self.hardware.gpus))

@@ -216,6 +216,66 @@ def test_request_failure_input_counts_like_a_timeout() -> None:
     assert node.statistics().counter("requests_failed") == 2
 
 
+def _fail_every_request(node: DhtNode, now: int, effects: list) -> list:
+    """Answer each request in `effects` with RequestFailed, and those that follow, until
+    none is left; returns every effect seen."""
+    seen, queue = [], list(effects)
+    while queue:
+        effect = queue.pop(0)
+        seen.append(effect)
+        if isinstance(effect, SendRequest):
+            queue += node.handle(now, RequestFailed(request_id=effect.message.request_id))
+    return seen
+
+
+def _retry_timers(effects: list) -> list[SetTimer]:
+    return [e for e in effects if isinstance(e, SetTimer)
+            and e.timer.kind is TimerKind.BOOTSTRAP_RETRY]
+
+
+def test_a_bootstrap_nobody_answered_is_retried_with_doubling_delays_until_one_answers() -> None:
+    node = make_node(bootstrap_retry_initial_ms=1000, bootstrap_retry_max_ms=4000)
+    now, delays = 0, []
+    effects = _fail_every_request(node, now, node.handle(now, Bootstrap(
+        command_id=None, peers=(info(1),))))
+    for _ in range(4):
+        (timer,) = _retry_timers(effects)
+        delays.append(timer.at_ms - now)
+        now = timer.at_ms
+        effects = node.handle(now, TimerFired(timer=timer.timer))
+        sent = [e for e in effects if isinstance(e, SendRequest)]
+        # Failures evicted the peer from the table long ago; the retry still asks it.
+        assert [e.peer for e in sent] == [info(1)]
+        effects = _fail_every_request(node, now, effects)
+    assert delays == [1000, 2000, 4000, 4000]
+    assert len(node.table) == 0
+    assert node.statistics().counter("bootstrap_retries") == 4
+
+    (timer,) = _retry_timers(effects)
+    effects = node.handle(timer.at_ms, TimerFired(timer=timer.timer))
+    (request,) = [e for e in effects if isinstance(e, SendRequest)]
+    answer = Response(request_id=request.message.request_id, kind=MessageKind.FIND_NODE)
+    effects = node.handle(timer.at_ms + 1, MessageReceived(peer=info(1), message=answer))
+    assert not _retry_timers(effects)  # joined: no more retries
+    assert len(node.table) == 1
+
+
+def test_concurrent_failed_bootstraps_arm_one_retry_and_a_join_cancels_it() -> None:
+    node = make_node(bootstrap_retry_initial_ms=1000)
+    first = node.handle(0, Bootstrap(command_id=None, peers=(info(1),)))
+    second = node.handle(0, Bootstrap(command_id=None, peers=(info(2),)))
+    effects = _fail_every_request(node, 0, first + second)
+    (timer,) = _retry_timers(effects)
+    # A third bootstrap joins before the timer fires: the timer then does nothing.
+    effects = node.handle(1, Bootstrap(command_id=None, peers=(info(3),)))
+    for request in [e for e in effects if isinstance(e, SendRequest)]:
+        answer = Response(request_id=request.message.request_id, kind=MessageKind.FIND_NODE)
+        effects += node.handle(2, MessageReceived(peer=request.peer, message=answer))
+    assert not _retry_timers(effects)
+    assert not node.handle(timer.at_ms, TimerFired(timer=timer.timer))
+    assert node.statistics().counter("bootstrap_retries") == 0
+
+
 def test_maintenance_persists_the_table_and_it_reloads() -> None:
     node = make_node(maintenance_interval_ms=1000)
     effects = node.handle(0, Bootstrap(command_id=None, peers=tuple(info(i)
