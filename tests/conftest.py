@@ -21,7 +21,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
-    """A fresh dir under /tmp; pytest's tmp_path can be too long for node.sock."""
+    """A fresh dir under /tmp; pytest's tmp_path can be too long for node.sock.
+    PRSM_TEST_KEEP=1 keeps it (node logs and data dirs) for a post-mortem."""
     directory = Path(tempfile.mkdtemp(prefix="prsm-", dir="/tmp"))
     yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    if os.environ.get("PRSM_TEST_KEEP") != "1":
+        shutil.rmtree(directory, ignore_errors=True)

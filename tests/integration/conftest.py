@@ -27,9 +27,40 @@ TEST_NETWORK = replace(
 )
 
 
+LOG_TAIL_LINES = 30
+LOG_TAIL_NODES = 8
+LOG_LINE_CHARS = 400
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test that ran nodes shows their last log lines in its report: the data
+    dirs are deleted at teardown, and a failure seen only on CI is otherwise a guess."""
+    report = yield
+    devnets: list[Devnet] = getattr(item, "devnets", [])
+    if report.when == "call" and report.failed and devnets:
+        report.sections.append(("node logs (last lines)", _log_tails(devnets)))
+    return report
+
+
+def _log_tails(devnets: list[Devnet]) -> str:
+    parts = []
+    for number, devnet in enumerate(devnets):
+        for index, node in enumerate(devnet.nodes[:LOG_TAIL_NODES]):
+            path = node.data_dir / "logs" / "process.log"
+            try:
+                lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            except OSError as error:
+                lines = [f"({error})"]
+            parts.append(f"--- devnet {number} node{index} ({path}) ---")
+            parts += [line[:LOG_LINE_CHARS] for line in lines]
+    return "\n".join(parts)
+
+
 @pytest.fixture
-def make_devnet(short_dir: Path) -> Iterator[Callable[..., Devnet]]:
+def make_devnet(short_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Devnet]]:
     started: list[Devnet] = []
+    request.node.devnets = started  # for the failure report (pytest_runtest_makereport)
 
     def make(
         nodes: int,
