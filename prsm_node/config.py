@@ -519,7 +519,7 @@ SECTION_DOCS = {
     "control": "the JSON-RPC control socket <data_dir>/node.sock",
     "log": "structured logs: JSON lines in <data_dir>/logs/, readable lines on stderr",
     "dht": "Kademlia DHT /prsm/kad/1.0.0 (times in ms, sizes in bytes)",
-    "pbft": "PBFT replica of the FTNS ledger /prsm/pbft/2.0.0 (chain rules: genesis.json)",
+    "pbft": "PBFT replica of the FTNS ledger /prsm/pbft/3.0.0 (chain rules: genesis.json)",
     "storage": "content-addressed block store and /prsm/blocks/1.0.0 (times in ms, sizes in bytes)",
     "jobs": "inference and distillation jobs in sandboxed torch worker processes",
     "registry": "gossiped registry: GossipSub topics and /prsm/registry-sync/1.0.0 (ms, bytes)",

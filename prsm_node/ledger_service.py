@@ -1,5 +1,5 @@
 """The ledger service: drives the pure PBFT replica (`consensus.replica`) over
-`/prsm/pbft/2.0.0` on the wire, with its SQLite store, and answers wallet/tx/ledger calls.
+`/prsm/pbft/3.0.0` on the wire, with its SQLite store, and answers wallet/tx/ledger calls.
 
 The shell's contract (consensus/replica_effects.py) and how it is kept:
 - Effects are performed in list order, and every Persist* is durable before the next
@@ -7,8 +7,11 @@ The shell's contract (consensus/replica_effects.py) and how it is kept:
   (COMMIT with synchronous=FULL) in a worker thread, awaited before anything after them.
 - One effect list at a time: `handle()` and the performing of its effects run under one
   lock, so a later list can never overtake the persistence of an earlier one.
-- Send/Broadcast only start a send task (a message is one wire request, answered with an
-  empty ack); losing one is fine, the replica retransmits. Sends in flight are capped.
+- Send/Broadcast only start a send task (a message is one one-way wire notice,
+  `Wire.notify`); losing one is fine, the replica retransmits. Sends in flight are capped.
+  Until 3.0.0 every message was a request answered with an empty ack: measured on the
+  ledger benchmark at 1,500 tx/s offered, the acks cost ~20% of the nodes' CPU per
+  transaction (BENCHMARKS.md, session 5).
 - Validators are addressed by public key: the node key is both the libp2p identity and
   the validator key, so replica i's peer id follows from the i-th validator key of the
   replica's current configuration (`ValidatorsChanged`, also emitted at start; the mapping
@@ -64,7 +67,8 @@ from prsm_node.net.wire import RequestFailed, Wire
 
 log = structlog.get_logger(__name__)
 
-PBFT_PROTOCOL = "/prsm/pbft/2.0.0"  # 2: messages sign their epoch (consensus/messages.py)
+# 2: messages sign their epoch (consensus/messages.py); 3: one-way frames (Wire.notify)
+PBFT_PROTOCOL = "/prsm/pbft/3.0.0"
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
@@ -383,7 +387,7 @@ class LedgerService:
     async def _send_now(self, peer: str, frame: bytes) -> None:
         try:
             await self._connect(peer)
-            await self._wire.request(peer, PBFT_PROTOCOL, frame)
+            await self._wire.notify(peer, PBFT_PROTOCOL, frame)
         except RequestFailed as error:
             self.counters["sends_failed"] += 1
             log.debug("ledger.send_failed", peer=peer, reason=error.reason)

@@ -5,9 +5,12 @@ one costs 1.5-3 ms (DESIGN.md), so a requester opens one stream per (peer, proto
 keeps it, tagging each request with an id so several can be in flight at once.
 
 Envelope (a msgpack array in one frame): `[KIND, request id, payload]`, KIND being
-REQUEST, RESPONSE or ERROR (payload: a reason string). The responder answers the requests
-of one stream in order; different streams (peers, protocols) are served concurrently,
-at most `inbound_requests_max` at a time.
+REQUEST, RESPONSE, ERROR (payload: a reason string) or NOTICE (id 0: a one-way message,
+never answered). The responder handles the frames of one stream in order; different
+streams (peers, protocols) are served concurrently, at most `inbound_requests_max` at a
+time. One-way messages (`notify`) are for protocols that need no answer, such as PBFT,
+whose replicas retransmit what gets lost: an empty answer to every message cost a frame
+each way through Yamux, Noise and both event loops.
 
 Rules: every stream handler catches StreamEOF / StreamReset (an uncaught one tears the
 whole libp2p connection down) and closes its stream in `finally`; a malformed frame or
@@ -37,7 +40,7 @@ from prsm_node.net.scores import PeerScores
 
 log = structlog.get_logger(__name__)
 
-REQUEST, RESPONSE, ERROR = 0, 1, 2
+REQUEST, RESPONSE, ERROR, NOTICE = 0, 1, 2, 3
 IN_FLIGHT_PER_STREAM_MAX = 64
 ISSUED_REMEMBERED_MAX = 1024
 """Request ids remembered per stream to tell a late answer (after our timeout) from a bogus
@@ -85,7 +88,7 @@ def _parse_envelope(peer: str, value: Any) -> tuple[int, int, Any]:
     if not (isinstance(value, list) and len(value) == 3):
         raise PeerProtocolError(peer, "envelope is not a 3-element array")
     kind, request_id, payload = value
-    if kind not in (REQUEST, RESPONSE, ERROR) or isinstance(kind, bool):
+    if kind not in (REQUEST, RESPONSE, ERROR, NOTICE) or isinstance(kind, bool):
         raise PeerProtocolError(peer, f"unknown envelope kind {kind!r}")
     if not isinstance(request_id, int) or isinstance(request_id, bool) or request_id < 0:
         raise PeerProtocolError(peer, "request id is not a non-negative integer")
@@ -123,7 +126,8 @@ class Wire:
     # -- responder side ---------------------------------------------------------------
 
     def register(self, protocol: str, handler: Handler) -> None:
-        """Serve `protocol`: `handler(peer_id, payload)` returns the response payload."""
+        """Serve `protocol`: `handler(peer_id, payload)` returns the response payload
+        (dropped for a one-way NOTICE)."""
 
         async def serve(stream: Any) -> None:
             await self._serve_stream(protocol, handler, stream)
@@ -134,10 +138,11 @@ class Wire:
         peer = stream.muxed_conn.peer_id.to_base58()
         try:
             while True:
-                request_id, payload = await self._read_request(peer, stream)
+                kind, request_id, payload = await self._read_request(peer, stream)
                 async with self._inbound_limit:
                     reply = await self._answer(peer, handler, request_id, payload)
-                await stream.write(encode_frame(reply, self._frame_size_max))
+                if kind == REQUEST:
+                    await stream.write(encode_frame(reply, self._frame_size_max))
         except STREAM_FAILURES:
             pass
         except (FrameError, PeerProtocolError) as error:
@@ -146,13 +151,13 @@ class Wire:
         finally:
             await _close_quietly(stream)
 
-    async def _read_request(self, peer: str, stream: Any) -> tuple[int, Any]:
+    async def _read_request(self, peer: str, stream: Any) -> tuple[int, int, Any]:
         kind, request_id, payload = _parse_envelope(
             peer, await read_frame(stream, self._frame_size_max)
         )
-        if kind != REQUEST:
+        if kind not in (REQUEST, NOTICE):
             raise PeerProtocolError(peer, "response sent on a stream it did not open")
-        return request_id, payload
+        return kind, request_id, payload
 
     async def _answer(self, peer: str, handler: Handler, request_id: int, payload: Any) -> list:
         try:
@@ -190,6 +195,22 @@ class Wire:
             raise RequestFailed(peer, protocol, f"peer answered with an error: {pending.payload}")
         return pending.payload
 
+    async def notify(self, peer: str, protocol: str, payload: Any) -> None:
+        """Send a one-way message (NOTICE): returns once the muxer took the frame, which
+        says nothing of the peer handling it; raises RequestFailed if the stream is down
+        or the write does not finish within the request timeout (a peer not reading)."""
+        with trio.move_on_after(self._request_timeout_s):
+            outbound = await self._outbound_stream(peer, protocol)
+            frame = encode_frame([NOTICE, 0, payload], self._frame_size_max)
+            try:
+                async with outbound.write_lock:
+                    await outbound.stream.write(frame)
+            except STREAM_FAILURES as error:
+                self._drop_outbound(peer, protocol, outbound)
+                raise RequestFailed(peer, protocol, f"stream failed: {error!r}") from None
+            return
+        raise RequestFailed(peer, protocol, f"not sent within {self._request_timeout_s:g} s")
+
     async def open(self, peer: str, protocol: str) -> None:
         """Open the stream to `peer` for `protocol` now rather than on the first request:
         opening costs a multistream round trip, which a loaded peer answered only after
@@ -219,7 +240,8 @@ class Wire:
                 value = await read_frame(outbound.stream, self._frame_size_max)
                 kind, request_id, payload = _parse_envelope(peer, value)
                 pending = outbound.pending.get(request_id)
-                if kind == REQUEST or (pending is None and request_id not in outbound.issued):
+                if kind in (REQUEST, NOTICE) or (
+                        pending is None and request_id not in outbound.issued):
                     raise PeerProtocolError(peer, f"unexpected frame for request {request_id}")
                 if pending is None:
                     self.late_answers += 1  # we gave up waiting; answering late is no fault

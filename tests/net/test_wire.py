@@ -1,0 +1,108 @@
+"""prsm_node/net/wire.py: requests and one-way notices over real hosts on 127.0.0.1
+(TCP + Noise + Yamux), the way the node's services use them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from multiaddr import Multiaddr
+from nacl.signing import SigningKey
+
+from prsm_node.config import NetworkConfig
+from prsm_node.errors import PeerProtocolError
+from prsm_node.net.framing import encode_frame
+from prsm_node.net.host import build_host
+from prsm_node.net.scores import PeerScores
+from prsm_node.net.wire import NOTICE, RequestFailed, Wire
+
+PROTOCOL = "/test/wire/1.0.0"
+DEADLINE_S = 30
+LISTEN = Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+
+@contextlib.asynccontextmanager
+async def two_wires() -> AsyncIterator[tuple[Wire, Wire, str, PeerScores]]:
+    """(sender's wire, receiver's wire, receiver's peer id, receiver's scores), connected."""
+    network = replace(NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
+    sender, receiver = (
+        build_host(bytes(SigningKey.generate()), network, trio.open_memory_channel(256)[0])
+        for _ in range(2)
+    )
+    receiver_scores = PeerScores()
+    async with sender.run(listen_addrs=[LISTEN]), receiver.run(listen_addrs=[LISTEN]), \
+            trio.open_nursery() as nursery:
+        wires = []
+        for host, scores in ((sender, PeerScores()), (receiver, receiver_scores)):
+            wire = Wire(host, frame_size_max=1 << 20, request_timeout_s=10,
+                        inbound_requests_max=8, scores=scores)
+            wire.bind(nursery)
+            wires.append(wire)
+        await sender.connect(info_from_p2p_addr(receiver.get_addrs()[0]))
+        yield wires[0], wires[1], receiver.get_id().to_base58(), receiver_scores
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(condition: Any) -> None:
+    with trio.fail_after(DEADLINE_S):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+async def test_notices_arrive_in_order_unanswered_and_requests_still_get_answers() -> None:
+    async with two_wires() as (sender, receiver, receiver_id, _):
+        seen: list[Any] = []
+
+        async def handle(peer: str, payload: Any) -> Any:
+            seen.append(payload)
+            return ["echo", payload]
+
+        receiver.register(PROTOCOL, handle)
+        for number in range(50):
+            await sender.notify(receiver_id, PROTOCOL, number)
+        # A request on the same stream, after the notices: its answer is the first frame
+        # back. Had a notice been answered, that answer would arrive first and fail the
+        # stream as an unexpected frame.
+        assert await sender.request(receiver_id, PROTOCOL, "last") == ["echo", "last"]
+        assert seen == [*range(50), "last"]
+        assert sender.late_answers == 0
+        assert sender.statistics()["outbound_streams"] == 1
+
+
+async def test_a_notice_the_handler_refuses_scores_the_peer_and_the_stream_goes_on() -> None:
+    async with two_wires() as (sender, receiver, receiver_id, scores):
+        seen: list[Any] = []
+
+        async def handle(peer: str, payload: Any) -> Any:
+            if payload == "bad":
+                raise PeerProtocolError(peer, "test: a bad notice")
+            seen.append(payload)
+            return None
+
+        receiver.register(PROTOCOL, handle)
+        await sender.notify(receiver_id, PROTOCOL, "bad")
+        await sender.notify(receiver_id, PROTOCOL, "good")
+        await wait_until(lambda: seen == ["good"])
+        assert scores.statistics().rejected_total == 1
+
+
+async def test_a_notice_where_an_answer_is_due_is_a_protocol_error() -> None:
+    async with two_wires() as (sender, receiver, receiver_id, _):
+        async def answer_with_a_notice(stream: Any) -> None:
+            await stream.read(1 << 16)  # the request
+            await stream.write(encode_frame([NOTICE, 0, "not an answer"], 1 << 20))
+            await trio.sleep_forever()
+
+        receiver._host.set_stream_handler(TProtocol(PROTOCOL), answer_with_a_notice)
+        with trio.fail_after(DEADLINE_S):
+            try:
+                await sender.request(receiver_id, PROTOCOL, "question")
+            except RequestFailed as error:
+                assert "stream closed" in error.reason
+            else:
+                raise AssertionError("a notice was taken for an answer")
