@@ -2,9 +2,14 @@
 
 Two modes. `--mode wait` (default): clients call `tx_transfer`, which waits for the commit,
 so latency is submit-to-acknowledgement. `--mode admit`: each node's transfers are signed
-in advance (its own key, consecutive nonces) and pushed with `tx_submit(wait=false)` as
-fast as the mempool takes them; throughput is then transactions committed per second from
-the first push to the last commit (the saturating load of the issue).
+in advance (its own key, consecutive nonces) and pushed with `tx_submit(wait=false)` in
+JSON-RPC batches, as fast as the mempool takes them (`--rate 0`, the saturating load of the
+issue) or at an offered rate (`--rate R` transactions per second, all nodes together);
+throughput is transactions committed per second from the first push to the last commit.
+Commit latency in admit mode is per transaction: from the moment its batch was sent to the
+first sample (every NonceSampler.SAMPLE_S, on node 0) at which its sender's nonce had passed
+it; so it includes up to one sampling period and node 0's answer time. `--block-size`
+sets the genesis `batch_size_max` (transactions per block).
 
 Run: `.venv/bin/python benchmarks/bench_ledger_network.py [--validators 4] [--seconds 20]
 [--clients-per-node 24]`. Each node signs transfers with its own key (`tx_transfer`, which
@@ -24,13 +29,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from decimal import Decimal
 from pathlib import Path
 
 from bench_common import cpu_seconds, percentile, report
 
 from consensus.codec import Ed25519Signer
-from consensus.genesis import Genesis
+from consensus.genesis import Genesis, Params
 from consensus.tx import TxBody, TxKind, sign_tx
 from prsm_node.config import load_config, render_toml
 from prsm_node.control import ControlClient, ControlClientError
@@ -148,10 +152,22 @@ def presigned(devnet: Devnet, index: int, count: int) -> list[str]:
     ]
 
 
-def push(devnet: Devnet, index: int, txs: list[str], batch: int, errors: list[str]) -> None:
-    """Submit `txs` in order, `batch` to a JSON-RPC batch (one round trip each)."""
+def sender_address(devnet: Devnet, index: int) -> str:
+    seed = read_seed(devnet.nodes[index].data_dir / "node.key")
+    return Ed25519Signer.from_seed(seed).public_key.hex()
+
+
+def push(devnet: Devnet, index: int, txs: list[str], batch: int, errors: list[str],
+         pacing: tuple[float, float] | None, sent_at: list[float]) -> None:
+    """Submit `txs` in order, `batch` to a JSON-RPC batch (one round trip each). With
+    `pacing` (start, transactions per second) batch k waits for its due time; the send
+    time of each batch, relative to the start, goes to `sent_at`."""
     with devnet.client(index, timeout_s=60) as client:
         for start in range(0, len(txs), batch):
+            if pacing is not None:
+                due = pacing[0] + start / pacing[1]
+                time.sleep(max(0.0, due - time.perf_counter()))
+            sent_at.append(time.perf_counter())
             requests = [
                 {
                     "jsonrpc": "2.0",
@@ -169,69 +185,102 @@ def push(devnet: Devnet, index: int, txs: list[str], batch: int, errors: list[st
             errors.extend(str(reply["error"])[:120] for reply in replies or [] if "error" in reply)
 
 
-class CommitSampler:
-    """Node 0's count of committed benchmark transfers (the sink's balance), sampled in a
-    thread every SAMPLE_S so the run can be split into the push and what follows it."""
+class NonceSampler:
+    """The benchmark senders' nonces on node 0 (one JSON-RPC batch of `wallet_balance`),
+    sampled in a thread every SAMPLE_S: a sender's transactions commit in nonce order, so
+    the samples date each transaction's commit, and their sum counts the committed ones
+    (the run is split into the push and what follows it)."""
 
-    SAMPLE_S = 0.2
+    SAMPLE_S = 0.02
 
-    def __init__(self, devnet: Devnet, began: float) -> None:
-        self.samples: list[tuple[float, int]] = []
-        self._devnet, self._began = devnet, began
+    def __init__(self, devnet: Devnet, senders: list[str]) -> None:
+        self.samples: list[tuple[float, list[int]]] = []  # (perf_counter, nonce per sender)
+        self._devnet, self._senders = devnet, senders
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    @staticmethod
-    def _count(client: ControlClient) -> int:
-        balance = client.call("wallet_balance", {"address": SINK})["balance"]
-        return int(Decimal(balance) * 1000)  # each transfer moves 0.001 FTNS to the sink
+    def _nonces(self, client: ControlClient) -> list[int]:
+        replies = client.call_raw([
+            {"jsonrpc": "2.0", "id": i, "method": "wallet_balance", "params": {"address": a}}
+            for i, a in enumerate(self._senders)
+        ])
+        by_id = {reply["id"]: reply["result"]["nonce"] for reply in replies}
+        return [by_id[i] for i in range(len(self._senders))]
 
     def _run(self) -> None:
         with self._devnet.client(0, timeout_s=30) as client:
             while not self._done.wait(self.SAMPLE_S):
-                self.samples.append((time.perf_counter() - self._began, self._count(client)))
+                self.samples.append((time.perf_counter(), self._nonces(client)))
 
-    def latest(self) -> int:
-        return self.samples[-1][1] if self.samples else 0
+    def committed(self) -> int:
+        return sum(self.samples[-1][1]) if self.samples else 0
 
     def wait_for_count(self, total: int, deadline_s: float) -> None:
-        with self._devnet.client(0, timeout_s=30) as client:
-            wait_for(lambda: self._count(client) == total, deadline_s,
-                     f"all {total} transfers committed")
+        wait_for(lambda: self.committed() == total, deadline_s, f"all {total} committed")
 
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
 
+    def commit_times(self, sender: int, count: int) -> list[float]:
+        """When each of `sender`'s first `count` transactions (nonces 0..count-1) was first
+        seen committed."""
+        times: list[float] = []
+        for at, nonces in self.samples:
+            while len(times) < min(nonces[sender], count):
+                times.append(at)
+        return times
 
-def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, object]:
+
+def commit_latencies_ms(sampler: NonceSampler, sent_at: list[list[float]],
+                        per_node: int, batch: int) -> list[float]:
+    """Per transaction: its commit sample minus its batch's send time."""
+    latencies = []
+    for sender, sends in enumerate(sent_at):
+        for nonce, committed in enumerate(sampler.commit_times(sender, per_node)):
+            latencies.append((committed - sends[nonce // batch]) * 1000)
+    return latencies
+
+
+def run_admit(validators: int, per_node: int, push_batch: int, rate: float,
+              block_size: int) -> dict[str, object]:
+    params = replace(Params(), batch_size_max=block_size)
     with (
         scratch_dir() as directory,
-        Devnet(devnet_init(Path(directory) / "net", validators)) as devnet,
+        Devnet(devnet_init(Path(directory) / "net", validators, params=params)) as devnet,
     ):
         configure_for_saturation(devnet, per_node)
         batches = [presigned(devnet, index, per_node) for index in range(validators)]
+        senders = [sender_address(devnet, index) for index in range(validators)]
         start_meshed(devnet)
         total, errors = validators * per_node, []
-        threads = [
-            threading.Thread(target=push, args=(devnet, index, batches[index], push_batch, errors))
-            for index in range(validators)
-        ]
+        sent_at: list[list[float]] = [[] for _ in range(validators)]
         pids = [devnet.pid(index) for index in range(validators)]
         cpu_before = [cpu_seconds(pid) for pid in pids]
         own_cpu_before = time.process_time()
+        sampler = NonceSampler(devnet, senders)
         began = time.perf_counter()
-        sampler = CommitSampler(devnet, began)
+        per_node_rate = rate / validators
+        # The nodes' batches interleave rather than arrive together: node i starts i/V of
+        # a batch interval late, so the offered load is smooth at the scale of a batch.
+        threads = [
+            threading.Thread(target=push, args=(
+                devnet, index, batches[index], push_batch, errors,
+                (began + index * push_batch / rate, per_node_rate) if rate > 0 else None,
+                sent_at[index]))
+            for index in range(validators)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         pushed_s = time.perf_counter() - began
-        committed_at_push_end = sampler.latest()
+        committed_at_push_end = sampler.committed()
         sampler.wait_for_count(total, 300)
         elapsed = time.perf_counter() - began
         sampler.stop()
+        latencies = commit_latencies_ms(sampler, sent_at, per_node, push_batch)
         cpu = [cpu_seconds(pid) - before for pid, before in zip(pids, cpu_before, strict=True)]
         own_cpu = time.process_time() - own_cpu_before
         height = devnet.call(0, "ledger_head")["height"]
@@ -241,10 +290,15 @@ def run_admit(validators: int, per_node: int, push_batch: int) -> dict[str, obje
         "mode": "admit",
         "validators": validators,
         "transactions": total,
+        "block_size": block_size,
         "push_batch": push_batch,
+        "offered_tx_per_s": rate or "saturating",
         "push_s": round(pushed_s, 2),
         "seconds": round(elapsed, 2),
         "tx_per_s": round(total / elapsed, 1),
+        "latency_p50_ms": round(percentile(latencies, 0.5), 1),
+        "latency_p99_ms": round(percentile(latencies, 0.99), 1),
+        "latency_sample_ms": round(NonceSampler.SAMPLE_S * 1000),
         # Consensus alone at saturation: once every transaction is admitted, the mempools
         # are full and the nodes do nothing but order, check and execute blocks.
         "committed_by_push_end": committed_at_push_end,
@@ -275,10 +329,19 @@ def main() -> None:
     parser.add_argument(
         "--push-batch", type=int, default=100, help="admit mode: tx_submit calls per JSON-RPC batch"
     )
+    parser.add_argument(
+        "--rate", type=float, default=0.0,
+        help="admit mode: offered transactions per second, all nodes together (0: saturate)",
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=Params().batch_size_max,
+        help="admit mode: the genesis batch_size_max (transactions per block)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.mode == "admit":
-        figures = run_admit(args.validators, args.per_node, args.push_batch)
+        figures = run_admit(args.validators, args.per_node, args.push_batch, args.rate,
+                            args.block_size)
     else:
         figures = run(args.validators, args.seconds, args.clients_per_node)
     report(figures, args.out)
