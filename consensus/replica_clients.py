@@ -56,7 +56,7 @@ class ClientTransactions:
         if len(self.forward_pending) >= self.config.forward_batch_max:
             self._flush_forwards(out)
         elif not self.timer_armed[TimerKind.FORWARD]:
-            self._timer(TimerKind.FORWARD, max(1, self.config.batch_delay_ms // 4), out)
+            self._timer(TimerKind.FORWARD, self.config.forward_delay_ms, out)
 
     def _flush_forwards(self: Replica, out: list[Effect]) -> None:
         pending, self.forward_pending = self.forward_pending, []

@@ -309,6 +309,10 @@ class PbftSection:
         "L: sequence numbers accepted above the stable checkpoint", _PBFT.window_max
     )
     batch_delay_ms: int = _key("the primary waits this long to fill a block", _PBFT.batch_delay_ms)
+    forward_delay_ms: int = _key(
+        "clients' transactions are gathered this long into one FORWARD to the other replicas",
+        _PBFT.forward_delay_ms,
+    )
     view_change_timeout_ms: int = _key(
         "no progress this long with work pending: suspect the primary", _PBFT.view_change_timeout_ms
     )
