@@ -97,6 +97,12 @@ class PeerManager:
         self.peers_lost = 0  # the last connection to a peer closed
         self.connection_listeners: list[Callable[[str, str], None]] = []
         self._nursery: trio.Nursery | None = None
+        # Set once the host listens (the daemon starts `run` then): a dial made earlier
+        # would show the peer no listen address in identify, so every dial waits for it.
+        self._online = trio.Event()
+        # Registered now, not in `run`: every protocol is served before the host listens.
+        wire.register(PING_PROTOCOL, answer_ping)
+        wire.register(pex.PEX_PROTOCOL, self._answer_pex)
         scores.on_drop = self._drop_peer
 
     # -- start-up ----------------------------------------------------------------------
@@ -130,10 +136,9 @@ class PeerManager:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self._wire.register(PING_PROTOCOL, answer_ping)
-        self._wire.register(pex.PEX_PROTOCOL, self._answer_pex)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._online.set()
             nursery.start_soon(self._consume_events, events)
             nursery.start_soon(self._dial_loop)
             nursery.start_soon(self._ping_loop)
@@ -170,6 +175,7 @@ class PeerManager:
 
     async def connect(self, address: str) -> str:
         """Dial `address` now (the control API's peers_connect); returns the peer id."""
+        await self._online.wait()
         with trio.fail_after(self._config.dial_timeout_ms / 1000):
             peer_id = await dial(self._host, address)
         self.book.learn(address, _now_ms())
@@ -183,6 +189,7 @@ class PeerManager:
         """Connected to `peer` already, or dialled through one of `addresses` (at most
         REACH_ADDRESSES_MAX, each under the dial timeout); `remember` keeps the address that
         worked in the peer book, so the peer is redialled if the connection drops."""
+        await self._online.wait()
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return True
         suffix = f"/p2p/{peer}"

@@ -30,6 +30,7 @@ from dht.messages import MessageKind, Request, Response, decode_frame, encode_me
 from prsm_node.devnet import Devnet
 from prsm_node.dht_service import DHT_PROTOCOL
 from prsm_node.net.host import build_host, dial
+from prsm_node.net.ping import PING_PROTOCOL
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
 
@@ -41,7 +42,7 @@ DIAL_EVERY_S = 0.005
 START_DEADLINE_S = 60
 
 
-async def test_the_first_peer_to_connect_finds_the_dht_served(
+async def test_the_first_peer_to_connect_finds_its_protocols_served(
     make_devnet: Callable[..., Devnet],
 ) -> None:
     devnet = make_devnet(1, start=False)
@@ -65,6 +66,9 @@ async def test_the_first_peer_to_connect_finds_the_dht_served(
             request = Request(request_id=7, kind=MessageKind.FIND_NODE,
                               key=key_to_bytes(int.from_bytes(b"\x01" * 32, "big")))
             answer = await wire.request(node.peer_id, DHT_PROTOCOL, encode_message(request))
+            # The peer manager's own protocols too (registered in `run` they came last).
+            pong = await wire.request(node.peer_id, PING_PROTOCOL, {"nonce": 11})
+        assert pong == {"nonce": 11}
         response = decode_frame(ID.from_base58(node.peer_id).to_bytes(), answer)
         assert isinstance(response, Response) and response.request_id == 7
         table = await trio.to_thread.run_sync(devnet.call, 0, "dht_table")
