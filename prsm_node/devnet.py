@@ -185,12 +185,15 @@ class Devnet:
             return client.call(method, params)
 
     def wait_ready(self, index: int, deadline_s: float = 30.0) -> dict[str, Any]:
-        """Poll node_info until it answers; raises if the process died or time ran out."""
-        return wait_for(
-            lambda: self._node_info_or_none(index),
-            deadline_s,
-            f"{self.nodes[index].name} answering node_info",
-        )
+        """Poll node_info until it answers with listen addresses (the control socket
+        answers a moment before the host listens); raises if the process died or time ran
+        out."""
+
+        def listening() -> dict[str, Any] | None:
+            info = self._node_info_or_none(index)
+            return info if info is not None and info.get("listen_addrs") else None
+
+        return wait_for(listening, deadline_s, f"{self.nodes[index].name} listening")
 
     def _node_info_or_none(self, index: int) -> dict[str, Any] | None:
         process = self._processes.get(index)
