@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 REQUEST, RESPONSE, ERROR, NOTICE = 0, 1, 2, 3
 IN_FLIGHT_PER_STREAM_MAX = 64
+RESET_TIMEOUT_S = 1.0  # resetting a stream whose write was cut off (Wire._write_whole)
 ISSUED_REMEMBERED_MAX = 1024
 """Request ids remembered per stream to tell a late answer (after our timeout) from a bogus
 one; past it, a very late answer counts as bogus."""
@@ -183,8 +184,7 @@ class Wire:
             pending = outbound.pending[request_id] = _Pending()
             try:
                 frame = encode_frame([REQUEST, request_id, payload], self._frame_size_max)
-                async with outbound.write_lock:
-                    await outbound.stream.write(frame)
+                await self._write_whole(peer, protocol, outbound, frame)
                 await pending.done.wait()
             except STREAM_FAILURES as error:
                 self._drop_outbound(peer, protocol, outbound)
@@ -203,13 +203,27 @@ class Wire:
             outbound = await self._outbound_stream(peer, protocol)
             frame = encode_frame([NOTICE, 0, payload], self._frame_size_max)
             try:
-                async with outbound.write_lock:
-                    await outbound.stream.write(frame)
+                await self._write_whole(peer, protocol, outbound, frame)
             except STREAM_FAILURES as error:
                 self._drop_outbound(peer, protocol, outbound)
                 raise RequestFailed(peer, protocol, f"stream failed: {error!r}") from None
             return
         raise RequestFailed(peer, protocol, f"not sent within {self._request_timeout_s:g} s")
+
+    async def _write_whole(self, peer: str, protocol: str, outbound: _OutboundStream,
+                           frame: bytes) -> None:
+        """Write one frame. A write that ends early (our timeout, a failure) may have sent
+        part of it, and the peer would read the next frame's bytes as the rest of this
+        one, then blame us for the garbage: the stream is dropped and reset instead, and
+        the next message opens a fresh one."""
+        async with outbound.write_lock:
+            try:
+                await outbound.stream.write(frame)
+            except BaseException:
+                self._drop_outbound(peer, protocol, outbound)
+                with trio.CancelScope(shield=True), trio.move_on_after(RESET_TIMEOUT_S):
+                    await _reset_quietly(outbound.stream)
+                raise
 
     async def open(self, peer: str, protocol: str) -> None:
         """Open the stream to `peer` for `protocol` now rather than on the first request:

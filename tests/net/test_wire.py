@@ -106,3 +106,34 @@ async def test_a_notice_where_an_answer_is_due_is_a_protocol_error() -> None:
                 assert "stream closed" in error.reason
             else:
                 raise AssertionError("a notice was taken for an answer")
+
+
+async def test_a_write_cut_off_by_the_timeout_never_garbles_the_next_message() -> None:
+    """A receiver that stops reading fills the stream's window; the sender's notice then
+    times out midway through its frame. The next notice must arrive whole, and the
+    honest sender must not be scored down for a garbled stream."""
+    async with two_wires() as (sender, receiver, receiver_id, scores):
+        sender._request_timeout_s = 0.5
+        resume = trio.Event()
+        seen: list[Any] = []
+
+        async def stall_on_the_first(peer: str, payload: Any) -> Any:
+            if not seen:
+                await resume.wait()  # stop reading this stream: its window fills
+            seen.append(payload if isinstance(payload, str) else len(payload))
+            return None
+
+        receiver.register(PROTOCOL, stall_on_the_first)
+        big = b"x" * (900 * 1024)
+        cut_off = False
+        with trio.fail_after(DEADLINE_S):
+            while not cut_off:
+                try:
+                    await sender.notify(receiver_id, PROTOCOL, big)
+                except RequestFailed:
+                    cut_off = True
+        resume.set()
+        await sender.notify(receiver_id, PROTOCOL, "after")
+        await wait_until(lambda: "after" in seen)
+        assert scores.statistics().rejected_total == 0
+        assert all(item == len(big) for item in seen[:-1])  # nothing half-read or garbled
