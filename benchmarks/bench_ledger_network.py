@@ -131,9 +131,14 @@ def configure_for_saturation(devnet: Devnet, per_node: int) -> None:
         data_dir.config_file.write_text(render_toml(replace(config, pbft=pbft, control=control)))
 
 
+def node_signer(devnet: Devnet, index: int) -> Ed25519Signer:
+    """The node's own key: its account sends the benchmark's transfers."""
+    return Ed25519Signer.from_seed(read_seed(DataDir(devnet.nodes[index].data_dir).key_file))
+
+
 def presigned(devnet: Devnet, index: int, count: int) -> list[str]:
     node = devnet.nodes[index]
-    signer = Ed25519Signer.from_seed(read_seed(node.data_dir / "node.key"))
+    signer = node_signer(devnet, index)
     genesis = Genesis.from_json((node.data_dir / "genesis.json").read_text())
     return [
         sign_tx(
@@ -152,16 +157,11 @@ def presigned(devnet: Devnet, index: int, count: int) -> list[str]:
     ]
 
 
-def sender_address(devnet: Devnet, index: int) -> str:
-    seed = read_seed(devnet.nodes[index].data_dir / "node.key")
-    return Ed25519Signer.from_seed(seed).public_key.hex()
-
-
 def push(devnet: Devnet, index: int, txs: list[str], batch: int, errors: list[str],
          pacing: tuple[float, float] | None, sent_at: list[float]) -> None:
     """Submit `txs` in order, `batch` to a JSON-RPC batch (one round trip each). With
-    `pacing` (start, transactions per second) batch k waits for its due time; the send
-    time of each batch, relative to the start, goes to `sent_at`."""
+    `pacing` (start, transactions per second) batch k waits for its due time; each batch's
+    send time (`time.perf_counter()`) goes to `sent_at`."""
     with devnet.client(index, timeout_s=60) as client:
         for start in range(0, len(txs), batch):
             if pacing is not None:
@@ -252,7 +252,7 @@ def run_admit(validators: int, per_node: int, push_batch: int, rate: float,
     ):
         configure_for_saturation(devnet, per_node)
         batches = [presigned(devnet, index, per_node) for index in range(validators)]
-        senders = [sender_address(devnet, index) for index in range(validators)]
+        senders = [node_signer(devnet, index).public_key.hex() for index in range(validators)]
         start_meshed(devnet)
         total, errors = validators * per_node, []
         sent_at: list[list[float]] = [[] for _ in range(validators)]

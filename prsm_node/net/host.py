@@ -140,10 +140,11 @@ async def listen(host: Any, addresses: list[str]) -> None:
     that connected earlier had its streams refused: a dialler's DHT bootstrap request got
     "protocol not supported" and the node stayed out of the other's table)."""
     network = host.get_network()
-    for address in addresses:
-        if not await network.listen(Multiaddr(address)):
-            raise ListenError(f"cannot listen on {address} (network.listen): "
-                              f"{_bind_failure(Multiaddr(address))}")
+    for text in addresses:
+        address = Multiaddr(text)
+        if not await network.listen(address):
+            raise ListenError(f"cannot listen on {text} (network.listen): "
+                              f"{_bind_failure(address)}")
 
 
 def _bind_failure(address: Multiaddr) -> str:
