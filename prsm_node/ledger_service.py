@@ -7,8 +7,9 @@ The shell's contract (consensus/replica_effects.py) and how it is kept:
   (COMMIT with synchronous=FULL) in a worker thread, awaited before anything after them.
 - One effect list at a time: `handle()` and the performing of its effects run under one
   lock, so a later list can never overtake the persistence of an earlier one.
-- Send/Broadcast only start a send task (a message is one one-way wire notice,
-  `Wire.notify`); losing one is fine, the replica retransmits. Sends in flight are capped.
+- Send/Broadcast only queue the message for its peer (`prsm_node/net/outbox.py`: one
+  sender task per peer, messages queued meanwhile go out in one write of one-way wire
+  notices); losing one is fine, the replica retransmits. Each peer's queue is capped.
   Until 3.0.0 every message was a request answered with an empty ack: measured on the
   ledger benchmark at 1,500 tx/s offered, the acks cost ~20% of the nodes' CPU per
   transaction (BENCHMARKS.md, session 5).
@@ -62,6 +63,7 @@ from prsm_node.ledger_follow import (
     decode_blocks,
     serve_blocks,
 )
+from prsm_node.net.outbox import Outbox
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 
@@ -72,7 +74,9 @@ PBFT_PROTOCOL = "/prsm/pbft/3.0.0"
 LEDGER_TX_PROTOCOL = "/prsm/ledger-tx/1.0.0"
 FORWARDED_WAIT_S_MAX = 8.0  # under network.request_timeout_ms (10 s), the wire's own limit
 STORE_FILE_NAME = "ledger.sqlite"
-SENDS_IN_FLIGHT_MAX = 512
+SEND_QUEUE_MAX = 256
+"""PBFT messages queued for one peer; more are dropped (and counted): the replica
+retransmits."""
 CLIENTS_WAITING_MAX = 4096
 FETCH_ROUNDS_MAX = 16
 """Block requests per `NeedBlocks` (64 blocks each): the replica asks again on its next
@@ -131,6 +135,8 @@ class LedgerService:
         self._index_of_peer: dict[str, int] = {}
         self.index: int | None = None
         self._nursery: trio.Nursery | None = None  # set by run(); streams open from then on
+        self._outbox = Outbox(wire, PBFT_PROTOCOL, connect=self._connect,
+                              queue_max=SEND_QUEUE_MAX)
         self._configure(self.replica.epoch, self.replica.validators, self.replica.index)
         self._lock = trio.Lock()
         self._timers: list[tuple[int, int, rx.TimerId]] = []
@@ -138,7 +144,6 @@ class LedgerService:
         self._timer_changed = trio.Event()
         self._waiting: dict[int, _Waiting] = {}
         self._request_ids = itertools.count(1)
-        self._sends_in_flight = 0
         self._nonce_next = 0
         self._fetching = False
         self._fetch_turn = 0
@@ -146,7 +151,7 @@ class LedgerService:
         self._fetch_not_before = 0.0
         self.frames_received: Counter[str] = Counter()  # PBFT frames by message kind
         self._view_seen: tuple[int, str] | None = None
-        self.counters = {"sends_dropped": 0, "sends_failed": 0, "evidence": 0, "followed": 0,
+        self.counters = {"evidence": 0, "followed": 0,
                          "frames_from_non_members": 0, "validator_set_changes": 0}
         self._height_changed = trio.Event()
 
@@ -165,6 +170,7 @@ class LedgerService:
         self.epoch, self.validator_keys, self.index = epoch, validators, index
         self._peer_of_index = [peer_id_of_key(key) for key in validators]
         self._index_of_peer = {peer: i for i, peer in enumerate(self._peer_of_index)}
+        self._outbox.retire(set(self._peer_of_index))
         if index is not None and self._nursery is not None:
             for other, peer in enumerate(self._peer_of_index):
                 if other != index:
@@ -185,7 +191,7 @@ class LedgerService:
 
     def statistics(self) -> dict[str, Any]:
         """Shell counters plus the replica's own snapshot (view, phase, heights, ...)."""
-        return {"height": self.ledger().height, **self.counters,
+        return {"height": self.ledger().height, **self.counters, **self._outbox.counters,
                 "frames_received": dict(self.frames_received),
                 **asdict(self.replica.statistics())}
 
@@ -212,6 +218,7 @@ class LedgerService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._outbox.bind(nursery)
                 nursery.start_soon(self._timer_loop)
                 await self._feed(rx.Start())
                 log.info("ledger.started", validator_index=self.index, height=self.ledger().height)
@@ -377,22 +384,7 @@ class LedgerService:
             self._start_fetch()
 
     def _send(self, index: int, frame: bytes) -> None:
-        if self._sends_in_flight >= SENDS_IN_FLIGHT_MAX:
-            self.counters["sends_dropped"] += 1  # the replica retransmits
-            return
-        self._sends_in_flight += 1
-        assert self._nursery is not None
-        self._nursery.start_soon(self._send_now, self._peer_of_index[index], frame)
-
-    async def _send_now(self, peer: str, frame: bytes) -> None:
-        try:
-            await self._connect(peer)
-            await self._wire.notify(peer, PBFT_PROTOCOL, frame)
-        except RequestFailed as error:
-            self.counters["sends_failed"] += 1
-            log.debug("ledger.send_failed", peer=peer, reason=error.reason)
-        finally:
-            self._sends_in_flight -= 1
+        self._outbox.send(self._peer_of_index[index], frame)
 
     async def _connect(self, peer: str) -> None:
         """Reach a validator: known or identified addresses first, then the DHT."""

@@ -199,11 +199,18 @@ class Wire:
         """Send a one-way message (NOTICE): returns once the muxer took the frame, which
         says nothing of the peer handling it; raises RequestFailed if the stream is down
         or the write does not finish within the request timeout (a peer not reading)."""
+        await self.notify_many(peer, protocol, [payload])
+
+    async def notify_many(self, peer: str, protocol: str, payloads: list[Any]) -> None:
+        """`notify` for several messages in one write: one Yamux frame, one Noise message
+        and one wake-up of the peer's reader for all of them (prsm_node/net/outbox.py)."""
         with trio.move_on_after(self._request_timeout_s):
             outbound = await self._outbound_stream(peer, protocol)
-            frame = encode_frame([NOTICE, 0, payload], self._frame_size_max)
+            frames = b"".join(
+                encode_frame([NOTICE, 0, payload], self._frame_size_max) for payload in payloads
+            )
             try:
-                await self._write_whole(peer, protocol, outbound, frame)
+                await self._write_whole(peer, protocol, outbound, frames)
             except STREAM_FAILURES as error:
                 self._drop_outbound(peer, protocol, outbound)
                 raise RequestFailed(peer, protocol, f"stream failed: {error!r}") from None
@@ -212,10 +219,10 @@ class Wire:
 
     async def _write_whole(self, peer: str, protocol: str, outbound: _OutboundStream,
                            frame: bytes) -> None:
-        """Write one frame. A write that ends early (our timeout, a failure) may have sent
-        part of it, and the peer would read the next frame's bytes as the rest of this
-        one, then blame us for the garbage: the stream is dropped and reset instead, and
-        the next message opens a fresh one."""
+        """Write one frame (or several, joined). A write that ends early (our timeout, a
+        failure) may have sent part of it, and the peer would read the next frame's bytes
+        as the rest of this one, then blame us for the garbage: the stream is dropped and
+        reset instead, and the next message opens a fresh one."""
         async with outbound.write_lock:
             try:
                 await outbound.stream.write(frame)
