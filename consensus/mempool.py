@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 from hashlib import sha256
 
 from consensus.errors import TxRejected
@@ -29,8 +30,8 @@ from consensus.tx import SignedTx, decode_tx, verify_signature
 
 
 class Mempool:
-    __slots__ = ("_arrival", "_by_sender", "_next", "_txs", "_wire", "per_sender_max",
-                 "total_max")
+    __slots__ = ("_arrival", "_by_sender", "_next", "_nonce_heaps", "_txs", "_wire",
+                 "per_sender_max", "total_max")
 
     def __init__(self, total_max: int, per_sender_max: int) -> None:
         self.total_max = total_max
@@ -39,6 +40,9 @@ class Mempool:
         # hash -> (arrival seq, now_ms, sha256 of the wire bytes: the key in _wire)
         self._arrival: dict[bytes, tuple[int, int, bytes]] = {}
         self._by_sender: dict[bytes, set[bytes]] = {}  # sender -> pending tx hashes
+        # sender -> heap of (nonce, tx hash) over the same transactions: prune looks at
+        # the lowest nonces only (removals are always from the top, so no stale entries)
+        self._nonce_heaps: dict[bytes, list[tuple[int, bytes]]] = {}
         self._wire: dict[bytes, bytes] = {}  # sha256(wire bytes) -> tx hash
         self._next = 0
 
@@ -85,6 +89,7 @@ class Mempool:
         self._arrival[tx.tx_hash] = (self._next, now_ms, wire_key)
         self._next += 1
         pending.add(tx.tx_hash)
+        heapq.heappush(self._nonce_heaps.setdefault(sender, []), (tx.body.nonce, tx.tx_hash))
         self._wire[wire_key] = tx.tx_hash
         return tx
 
@@ -95,6 +100,7 @@ class Mempool:
         pending.discard(tx_hash)
         if not pending:
             del self._by_sender[tx.body.sender]
+            del self._nonce_heaps[tx.body.sender]
 
     def candidates(self, limit: int) -> list[SignedTx]:
         ordered = sorted(self._txs.values(),
@@ -107,23 +113,31 @@ class Mempool:
         return [self._txs[h] for h in old[:limit]]
 
     def has_executable(self, state: LedgerState) -> bool:
-        return any(t.body.nonce == state.account(t.body.sender).nonce
-                   for t in self._txs.values())
+        return any(heap[0][0] == state.account(sender).nonce
+                   for sender, heap in self._nonce_heaps.items())
 
     def prune(self, state: LedgerState, senders: set[bytes] | None = None) -> None:
         """Drop what ``state`` makes invalid: every pending transaction, or only those of
         ``senders`` (the accounts the last block wrote; see rule 4)."""
-        pending = self._by_sender
-        for sender in list(pending) if senders is None else [s for s in senders if s in pending]:
+        heaps = self._nonce_heaps
+        for sender in list(heaps) if senders is None else [s for s in senders if s in heaps]:
+            heap = heaps[sender]
             nonce = state.account(sender).nonce  # once per sender, not once per transaction
-            # A nonce gap stays (what check_tx would say, without raising); only the next
-            # nonce and used ones can have become invalid.
-            for tx_hash in [h for h in pending[sender] if self._txs[h].body.nonce <= nonce]:
+            # A used nonce goes without asking check_tx (its refusal, built and raised
+            # for every included transaction, was measurable); the next nonce may have
+            # become invalid; a nonce gap stays (what check_tx would say).
+            while heap and heap[0][0] < nonce:
+                self._remove(heapq.heappop(heap)[1])
+            due = []
+            while heap and heap[0][0] == nonce:
+                due.append(heapq.heappop(heap))
+            for entry in due:
                 try:
-                    state.check_tx(self._txs[tx_hash])
-                except TxRejected as error:
-                    if error.reason_code != "nonce_gap":
-                        self._remove(tx_hash)
+                    state.check_tx(self._txs[entry[1]])
+                except TxRejected:
+                    self._remove(entry[1])
+                else:
+                    heapq.heappush(heap, entry)
 
 
 def decode_verified(data: bytes, state: LedgerState) -> SignedTx:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from consensus.codec import canonical
 from consensus.errors import TxRejected
 from consensus.genesis import UNITS_PER_FTNS
-from consensus.ledger import LedgerState, supply_check
+from consensus.ledger import Account, LedgerState, account_leaf, supply_check
 from consensus.tx import SignedTx, TxKind
 from tests.consensus.helpers import make_genesis, signers, tx
 
@@ -88,3 +89,19 @@ def test_invalid_transactions_never_change_state(plan, op) -> None:
         assert after.snapshot() == empty.snapshot()  # as if it had never been sent
         assert block.block_hash == empty_block.block_hash
     assert state.snapshot() == before  # states are immutable either way
+
+
+amounts = st.integers(0, 2**128 - 1)
+
+
+@given(key=st.binary(min_size=32, max_size=32), balance=amounts,
+       nonce=st.integers(0, 2**64 - 1), staked=amounts,
+       unbonding=st.lists(st.tuples(st.integers(0, 2**64 - 1), amounts), max_size=4),
+       validator=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_an_account_leaf_is_the_canonical_encoding_of_the_account(
+        key: bytes, balance: int, nonce: int, staked: int,
+        unbonding: list[tuple[int, int]], validator: bool) -> None:
+    account = Account(balance=balance, nonce=nonce, staked=staked,
+                      unbonding=tuple(unbonding), validator=validator)
+    assert account_leaf(key, account) == canonical(account.to_plain(key))

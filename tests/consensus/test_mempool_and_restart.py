@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from consensus.errors import TxRejected
 from consensus.ledger import LedgerState
@@ -43,6 +46,47 @@ def test_mempool_bounds_total_and_per_sender_and_orders_by_nonce() -> None:
     assert len(block.txs) == 3
     pool.prune(after)
     assert len(pool) == 0
+
+
+transfers = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 120)),
+                     max_size=25)
+
+
+@given(before=transfers, after=transfers, block_size=st.integers(0, 12),
+       full=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_prune_keeps_exactly_what_check_tx_would_keep(
+        before: list[tuple[int, int, int]], after: list[tuple[int, int, int]],
+        block_size: int, full: bool) -> None:
+    """Prune's shortcut (used nonces by the nonce heap, only the next nonce checked)
+    against the rule it implements: a pending transaction stays iff the new state's
+    check_tx accepts it or only finds a nonce gap."""
+    state = LedgerState(make_genesis(PEOPLE, VALIDATORS))
+    pool = Mempool(total_max=1000, per_sender_max=1000)
+
+    def admit(ops: list[tuple[int, int, int]]) -> None:
+        for sender, nonce, amount in ops:
+            sent = transfer(PEOPLE[sender], nonce, VALIDATORS[0].public_key, amount * 10**18)
+            with contextlib.suppress(TxRejected):
+                pool.admit(sent.encoded, state, 0)
+
+    admit(before)
+    _, state = state.build_block(10, pool.candidates(block_size))
+    admit(after)  # pending: what the block left (some made invalid by it), and newcomers
+    pending = {t.tx_hash: t for t in pool.candidates(1000)}
+    pool.prune(state, None if full else state.changed_keys | {p.public_key for p in PEOPLE})
+
+    def stays(pending_tx: Any) -> bool:
+        try:
+            state.check_tx(pending_tx)
+        except TxRejected as error:
+            return error.reason_code == "nonce_gap"
+        return True
+
+    assert {t.tx_hash for t in pool.candidates(1000)} == {
+        h for h, t in pending.items() if stays(t)}
+    assert pool.has_executable(state) == any(
+        t.body.nonce == state.account(t.body.sender).nonce for t in pool.candidates(1000))
 
 
 class Recorder:
