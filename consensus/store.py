@@ -72,18 +72,27 @@ def _signed_list(plain: Any) -> tuple[Signed, ...]:
 
 
 def _slot_plain(record: SlotRecord) -> list[Any]:
-    prepared = None if record.prepared is None else record.prepared.to_plain()
+    """A slot's row. The prepared proof nearly always holds the slot's own pre-prepare
+    (the whole block): that one is written as None, not a second copy of the block."""
+    prepared = None
+    if record.prepared is not None:
+        proof = record.prepared
+        same = (proof.pre_prepare.signer == record.pre_prepare.signer
+                and proof.pre_prepare.signature == record.pre_prepare.signature)
+        prepared = [None if same else proof.pre_prepare.to_plain(),
+                    [p.to_plain() for p in proof.prepares]]
     return [record.seq, record.view, record.pre_prepare.to_plain(), prepared]
 
 
 def _slot_from(plain: Any) -> SlotRecord:
-    seq, view, pre_prepare, prepared = plain
+    seq, view, pre_prepare_plain, prepared = plain
+    pre_prepare = decode_signed(pre_prepare_plain)
     proof = None
-    if prepared is not None:
-        proof = PreparedProof(pre_prepare=decode_signed(prepared[0]),
-                              prepares=_signed_list(prepared[1]))
-    return SlotRecord(seq=seq, view=view, pre_prepare=decode_signed(pre_prepare),
-                      prepared=proof)
+    if prepared is not None:  # rows written before the None form hold the copy
+        proof = PreparedProof(
+            pre_prepare=pre_prepare if prepared[0] is None else decode_signed(prepared[0]),
+            prepares=_signed_list(prepared[1]))
+    return SlotRecord(seq=seq, view=view, pre_prepare=pre_prepare, prepared=proof)
 
 
 class LedgerStore:

@@ -5,23 +5,29 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from consensus.codec import Ed25519Signer
 from consensus.errors import StoreError
+from consensus.ledger import LedgerState
+from consensus.messages import Prepare, PreparedProof, PrePrepare, sign_message
 from consensus.replica import Replica
 from consensus.replica_effects import (
     PersistBlock,
     PersistCheckpoint,
     PersistSlot,
     PersistView,
+    SlotRecord,
     Start,
 )
-from consensus.store import LedgerStore
+from consensus.store import LedgerStore, _pack, _slot_from, _slot_plain, _unpack
 from simulations.pbft_adapter import PbftSimAdapter
 from simulations.sim import Address, NetworkModel, Simulator
 from tests.consensus.cluster import Cluster
+from tests.consensus.helpers import make_genesis, signers, transfer
 
 ROOT = Path(__file__).resolve().parents[2]
 PERSIST = (PersistView, PersistSlot, PersistBlock, PersistCheckpoint)
@@ -172,3 +178,29 @@ def test_checkpoint_prunes_slots_and_keeps_snapshot(tmp_path: Path) -> None:
     assert all(record.seq > recovered.stable_seq for record in recovered.slots)
     assert recovered.stable_state is not None
     assert recovered.stable_state.state_root == recovered.stable_block.state_root
+
+
+def test_a_prepared_slot_is_written_with_one_copy_of_its_block_and_reads_back(
+        tmp_path: Path) -> None:
+    """The prepared proof's pre-prepare is the slot's own: stored once (None in the
+    proof), read back as the same message; a row in the older form (two copies) and a
+    proof for another pre-prepare still read back as written."""
+    signer = Ed25519Signer.from_seed(b"\x07" * 32)
+    people = signers(2, offset=60)
+    genesis = make_genesis(people, [signer])
+    state = LedgerState(genesis)
+    block, _ = state.build_block(10, [transfer(people[0], 0, people[1].public_key, 5)])
+    other, _ = state.build_block(11, [transfer(people[1], 0, people[0].public_key, 5)])
+    pre_prepare = sign_message(PrePrepare(view=0, seq=1, block=block), 0, signer)
+    prepares = (sign_message(Prepare(view=0, seq=1, digest=block.block_hash), 1, signer),)
+    own = SlotRecord(seq=1, view=0, pre_prepare=pre_prepare,
+                     prepared=PreparedProof(pre_prepare=pre_prepare, prepares=prepares))
+    plain = _slot_plain(own)
+    assert plain[3][0] is None
+    assert len(_pack(plain)) < len(_pack(_slot_plain(replace(own, prepared=None)))) + 400
+    assert _slot_from(_unpack(_pack(plain))) == own
+    older_form = [1, 0, pre_prepare.to_plain(), own.prepared.to_plain()]
+    assert _slot_from(_unpack(_pack(older_form))) == own
+    elsewhere = sign_message(PrePrepare(view=0, seq=1, block=other), 0, signer)
+    mixed = replace(own, prepared=PreparedProof(pre_prepare=elsewhere, prepares=prepares))
+    assert _slot_from(_unpack(_pack(_slot_plain(mixed)))) == mixed
