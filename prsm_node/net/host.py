@@ -18,17 +18,17 @@ Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
   the DHT ever saw. The peer book decides whom to dial; the pruner stays, at `peers_max`.
 - yamux returns a stream's receive window once half of it has been read, as go-yamux
   does, not after every read (`network.yamux_window_update_every_read`, default off;
-  py-libp2p 0.8.1 reads the switch from the environment variable
-  `PY_YAMUX_RELEASE_ON_READ` at each read, so `build_host` sets it for the process). Every
-  read of a bulk stream otherwise sends a WINDOW_UPDATE, each one Noise-encrypted and
-  written by both sides' event loops. Measured (BENCHMARKS.md, storage, 2026-11-26): one
-  stream's sender 0.36-0.37 CPU s per 100 MB instead of 0.50-0.52, a 3-provider fetch of
-  100 MB 59 MB/s instead of 47-52 with 2.75 CPU s on all nodes instead of 3.1-3.2.
+  `prsm_node/net/muxer.py` installs it per stream: py-libp2p 0.8.1's own switch,
+  `PY_YAMUX_RELEASE_ON_READ=0`, still sent one after nearly every read). Every read
+  otherwise sends a WINDOW_UPDATE, each one Noise-encrypted and written by both sides'
+  event loops. Measured (BENCHMARKS.md): with the switch, one bulk stream's sender
+  0.36-0.37 CPU s per 100 MB instead of 0.50-0.52, a 3-provider fetch of 100 MB 59 MB/s
+  instead of 47-52 (storage, 2026-11-26); with the per-stream rule, a 200-byte message
+  and its handling ~375 us of CPU instead of ~580 (session 6).
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +50,6 @@ from prsm_node.errors import ListenError
 from prsm_node.identity import libp2p_key_pair
 from prsm_node.net import muxer
 
-YAMUX_RELEASE_ON_READ = "PY_YAMUX_RELEASE_ON_READ"  # libp2p/stream_muxer/yamux/yamux.py
 
 @dataclass(frozen=True, slots=True)
 class ConnectionEvent:
@@ -96,7 +95,6 @@ def build_host(
     seed: bytes, config: NetworkConfig, events: trio.MemorySendChannel[ConnectionEvent]
 ) -> Any:
     key_pair = libp2p_key_pair(seed)
-    os.environ[YAMUX_RELEASE_ON_READ] = "1" if config.yamux_window_update_every_read else "0"
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     connection_config = ConnectionConfig(
         max_connections=config.peers_max,
@@ -112,7 +110,7 @@ def build_host(
         muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         connection_config=connection_config,
     )
-    muxer.install(host)
+    muxer.install(host, half_window_credit=not config.yamux_window_update_every_read)
     network = host.get_network()
     network.register_notifee(_ConnectionNotifee(events))
     network.auto_connector.maybe_connect = _never_auto_connect  # see the module header

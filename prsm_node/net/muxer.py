@@ -26,11 +26,22 @@ Installing it: `MuxerMultistream.new_conn` builds `Yamux(...)` by name whenever
 /yamux/1.0.0 is negotiated and ignores the class given in `muxer_opt`, so `install` puts
 a copy of that method on the host's own upgrader that builds `WholeFrameYamux` instead
 (the library's is a negotiation plus a constructor call; only our hosts are affected).
+
+Window credit (the second trap): py-libp2p 0.8.1 returns a stream's receive-window credit
+after nearly every read, even with its switch `PY_YAMUX_RELEASE_ON_READ=0` (the "partial
+slack" branch of `_auto_tune_and_send_window_update` fires whenever any credit is
+outstanding), so every small message cost a WINDOW_UPDATE frame back: a second Noise
+message, socket send and wake-up on both ends. Measured with two hosts in one process, a
+200-byte notice and its handling cost ~580 us of CPU with 2.0 socket sends per message.
+With `half_window_credit` (the default, `network.yamux_window_update_every_read = false`)
+each stream returns credit as go-yamux does: once at least half the window has been read.
+`tests/net/test_muxer.py` counts the frames.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import structlog
@@ -61,9 +72,37 @@ class WholeFrameYamux(Yamux):
             raise MuxedConnUnavailable("frame write timed out; connection closed")
         await trio.lowlevel.checkpoint()  # a cancel that arrived meanwhile is delivered here
 
+    half_window_credit = True
 
-def install(host: Any) -> None:
-    """Make `host` build `WholeFrameYamux` for every connection it upgrades."""
+    async def open_stream(self) -> Any:
+        return self._with_credit_policy(await super().open_stream())
+
+    async def accept_stream(self) -> Any:
+        return self._with_credit_policy(await super().accept_stream())
+
+    def _with_credit_policy(self, stream: Any) -> Any:
+        if self.half_window_credit:  # the library calls this method after every read
+            stream._auto_tune_and_send_window_update = functools.partial(
+                _credit_at_half_window, stream)
+        return stream
+
+
+async def _credit_at_half_window(stream: Any, *, bytes_read: int = 0) -> None:
+    """go-yamux's `sendWindowUpdate`: nothing until the credit to return (the window less
+    what is free or still buffered) reaches half the window, then all of it at once, with
+    py-libp2p's window growth (`_apply_autotune_epoch`) as its own full update does."""
+    async with stream.window_lock:
+        buffered = len(stream.conn.stream_buffers.get(stream.stream_id, b""))
+        owed = stream.target_recv_window - (stream.recv_window + buffered)
+        if owed <= 0 or owed < stream._grow_threshold():
+            return
+        increment = stream._grow_to_delta(buffered) + stream._apply_autotune_epoch(buffered)
+    await stream.send_window_update(increment, skip_lock=True)
+
+
+def install(host: Any, *, half_window_credit: bool = True) -> None:
+    """Make `host` build `WholeFrameYamux` for every connection it upgrades (returning
+    window credit at half the window unless `half_window_credit` is false)."""
     multistream = host.get_network().upgrader.muxer_multistream
 
     async def new_conn(conn: Any, peer_id: Any) -> Any:
@@ -72,6 +111,7 @@ def install(host: Any) -> None:
         )
         if protocol == YAMUX_PROTOCOL_ID:
             muxed = WholeFrameYamux(conn, peer_id, is_initiator=conn.is_initiator)
+            muxed.half_window_credit = half_window_credit
         else:
             muxed = transport_class(conn, peer_id)
         return multistream._annotate_connection(muxed, conn, protocol)

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
 import trio
 from libp2p.custom_types import TProtocol
+from libp2p.io.trio import TrioTCPStream
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
@@ -18,6 +20,9 @@ from nacl.signing import SigningKey
 from prsm_node.config import NetworkConfig
 from prsm_node.net.host import build_host
 from prsm_node.net.muxer import WholeFrameYamux
+
+from .test_wire import PROTOCOL as WIRE_PROTOCOL
+from .test_wire import two_wires
 
 PROTOCOL = TProtocol("/test/collect/1.0.0")
 DEADLINE_S = 30
@@ -98,3 +103,45 @@ async def test_a_write_cancelled_after_encryption_leaves_the_connection_usable()
         await wait_until(lambda: b"after" in b"".join(received))
         assert b"".join(received) == b"parkedafter"
         assert dialer.get_network().get_connections(listener.get_id()) == [connection]
+
+
+@pytest.mark.parametrize("every_read", [False, True])
+async def test_window_credit_goes_back_at_half_the_window_unless_configured_otherwise(
+        monkeypatch: pytest.MonkeyPatch, every_read: bool) -> None:
+    """Small messages, each handled before the next is sent, as PBFT votes are: with
+    go-yamux's rule one TCP write per message; with py-libp2p's (every read returns
+    credit) a WINDOW_UPDATE write back for each. Then bulk notices, which only flow if
+    the credit does come back."""
+    writes = [0]
+    write = TrioTCPStream.write
+
+    async def counted(self: TrioTCPStream, data: bytes) -> None:
+        writes[0] += 1
+        await write(self, data)
+
+    monkeypatch.setattr(TrioTCPStream, "write", counted)
+    network = replace(NetworkConfig(), yamux_window_update_every_read=every_read)
+    async with two_wires(network) as (sender, receiver, receiver_id, _):
+        handled = [trio.Event()]
+        sizes: list[int] = []
+
+        async def handle(peer: str, payload: Any) -> None:
+            sizes.append(len(payload))
+            handled[0].set()
+
+        receiver.register(WIRE_PROTOCOL, handle)
+        for number in range(201):
+            if number == 1:
+                writes[0] = 0  # the stream is open: count the messages' writes only
+            handled[0] = trio.Event()
+            await sender.notify(receiver_id, WIRE_PROTOCOL, b"v" * 200)
+            with trio.fail_after(DEADLINE_S):
+                await handled[0].wait()
+        if every_read:
+            assert writes[0] >= 360
+        else:
+            assert writes[0] <= 210
+        for _ in range(4):  # 3.6 MB through a 256 KiB window
+            await sender.notify(receiver_id, WIRE_PROTOCOL, b"b" * (900 * 1024))
+        await wait_until(lambda: len(sizes) == 205)
+        assert sizes[-4:] == [900 * 1024] * 4

@@ -27,9 +27,10 @@ LISTEN = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
 @contextlib.asynccontextmanager
-async def two_wires() -> AsyncIterator[tuple[Wire, Wire, str, PeerScores]]:
+async def two_wires(network: NetworkConfig | None = None
+                    ) -> AsyncIterator[tuple[Wire, Wire, str, PeerScores]]:
     """(sender's wire, receiver's wire, receiver's peer id, receiver's scores), connected."""
-    network = replace(NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
+    network = replace(network or NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
     sender, receiver = (
         build_host(bytes(SigningKey.generate()), network, trio.open_memory_channel(256)[0])
         for _ in range(2)
