@@ -16,23 +16,19 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 from libp2p.peer.id import ID
-from multiaddr import Multiaddr
-from nacl.signing import SigningKey
 
 from dht.keys import key_to_bytes
 from dht.messages import MessageKind, Request, Response, decode_frame, encode_message
 from prsm_node.devnet import Devnet
 from prsm_node.dht_service import DHT_PROTOCOL
-from prsm_node.net.host import build_host, dial
+from prsm_node.net.host import dial
 from prsm_node.net.ping import PING_PROTOCOL
-from prsm_node.net.scores import PeerScores
-from prsm_node.net.wire import Wire
+from tests.net.hosts import wired_host
 
 from .conftest import TEST_NETWORK
 
@@ -47,14 +43,7 @@ async def test_the_first_peer_to_connect_finds_its_protocols_served(
 ) -> None:
     devnet = make_devnet(1, start=False)
     node = devnet.nodes[0]
-    send, _receive = trio.open_memory_channel(64)
-    network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
-    host = build_host(bytes(SigningKey.generate()), network, send)
-    async with host.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
-            trio.open_nursery() as nursery:
-        wire = Wire(host, frame_size_max=1 << 20, request_timeout_s=10,
-                    inbound_requests_max=8, scores=PeerScores())
-        wire.bind(nursery)
+    async with wired_host(TEST_NETWORK) as (host, wire):
         devnet.start(0)
         with trio.fail_after(START_DEADLINE_S):
             while True:  # the first moment the node accepts a connection
@@ -73,7 +62,6 @@ async def test_the_first_peer_to_connect_finds_its_protocols_served(
         assert isinstance(response, Response) and response.request_id == 7
         table = await trio.to_thread.run_sync(devnet.call, 0, "dht_table")
         assert table["peers_total"] == 1  # the early peer is in the node's routing table
-        nursery.cancel_scope.cancel()
 
 
 def test_a_node_whose_listen_address_is_taken_stops_and_says_which(short_dir: Path) -> None:

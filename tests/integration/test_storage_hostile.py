@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,17 @@ import pytest
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from multiaddr import Multiaddr
-from nacl.signing import SigningKey
 
 from dht.messages import MessageKind, Request, encode_message
 from dht.peer import PeerInfo
 from prsm_node.devnet import Devnet
 from prsm_node.dht_service import DHT_PROTOCOL
-from prsm_node.net.host import build_host
-from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
 from prsm_node.storage_fetch import BLOCKS_PROTOCOL
 from storage.cid import Cid
 from storage.exchange_messages import BlockReply, WantBlocks, decode_message
 from storage.exchange_messages import encode_message as encode_block_message
+from tests.net.hosts import wired_host
 
 from .conftest import TEST_NETWORK
 from .test_storage_exchange import MIB, storage_devnet
@@ -43,9 +40,6 @@ pytestmark = pytest.mark.multiprocess
 @contextlib.asynccontextmanager
 async def liar_connected_to(devnet: Devnet, index: int) -> AsyncIterator[tuple[Wire, Any, list]]:
     """(wire, host, want-lists received) of a host that serves wrong bytes for any block."""
-    send, _receive = trio.open_memory_channel(64)
-    network = replace(TEST_NETWORK, listen=("/ip4/127.0.0.1/tcp/0",))
-    host = build_host(bytes(SigningKey.generate()), network, send)
     wants: list[WantBlocks] = []
 
     async def serve_wrong_bytes(peer: str, payload: Any) -> list[bytes]:
@@ -57,20 +51,10 @@ async def liar_connected_to(devnet: Devnet, index: int) -> AsyncIterator[tuple[W
             for cid in want.cids
         ]
 
-    listen = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    async with host.run(listen_addrs=listen), trio.open_nursery() as nursery:
-        wire = Wire(
-            host,
-            frame_size_max=4 * MIB,
-            request_timeout_s=10,
-            inbound_requests_max=8,
-            scores=PeerScores(),
-        )
-        wire.bind(nursery)
+    async with wired_host(TEST_NETWORK, frame_size_max=4 * MIB) as (host, wire):
         wire.register(BLOCKS_PROTOCOL, serve_wrong_bytes)
         await host.connect(info_from_p2p_addr(Multiaddr(devnet.nodes[index].address)))
         yield wire, host, wants
-        nursery.cancel_scope.cancel()
 
 
 async def announce_as_provider(wire: Wire, host: Any, devnet: Devnet, index: int, cid: str):

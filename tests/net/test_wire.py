@@ -5,48 +5,33 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from multiaddr import Multiaddr
-from nacl.signing import SigningKey
 
 from prsm_node.config import NetworkConfig
 from prsm_node.errors import PeerProtocolError
 from prsm_node.net.framing import encode_frame
-from prsm_node.net.host import build_host
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import NOTICE, RequestFailed, Wire
 
+from .hosts import wired_host
+
 PROTOCOL = "/test/wire/1.0.0"
 DEADLINE_S = 30
-LISTEN = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
 
 @contextlib.asynccontextmanager
 async def two_wires(network: NetworkConfig | None = None
                     ) -> AsyncIterator[tuple[Wire, Wire, str, PeerScores]]:
     """(sender's wire, receiver's wire, receiver's peer id, receiver's scores), connected."""
-    network = replace(network or NetworkConfig(), listen=("/ip4/127.0.0.1/tcp/0",))
-    sender, receiver = (
-        build_host(bytes(SigningKey.generate()), network, trio.open_memory_channel(256)[0])
-        for _ in range(2)
-    )
     receiver_scores = PeerScores()
-    async with sender.run(listen_addrs=[LISTEN]), receiver.run(listen_addrs=[LISTEN]), \
-            trio.open_nursery() as nursery:
-        wires = []
-        for host, scores in ((sender, PeerScores()), (receiver, receiver_scores)):
-            wire = Wire(host, frame_size_max=1 << 20, request_timeout_s=10,
-                        inbound_requests_max=8, scores=scores)
-            wire.bind(nursery)
-            wires.append(wire)
-        await sender.connect(info_from_p2p_addr(receiver.get_addrs()[0]))
-        yield wires[0], wires[1], receiver.get_id().to_base58(), receiver_scores
-        nursery.cancel_scope.cancel()
+    async with wired_host(network) as (sender_host, sender), \
+            wired_host(network, scores=receiver_scores) as (receiver_host, receiver):
+        await sender_host.connect(info_from_p2p_addr(receiver_host.get_addrs()[0]))
+        yield sender, receiver, receiver_host.get_id().to_base58(), receiver_scores
 
 
 async def wait_until(condition: Any) -> None:
