@@ -6,6 +6,8 @@ for its own trio task, cancel scope, connection check and write: one Yamux frame
 Noise message and one socket send, and a wake-up of the peer's reader. Here the messages
 that queue for a peer while its previous write is in progress go out together, in one
 write of consecutive wire frames (`Wire.notify_many`), and in the order they were sent.
+Measured on the ledger benchmark at 2,000 tx/s: no CPU change (few messages queue at
+once); what it brings is order and the dead-peer behaviour below.
 
 Rules: a full queue drops the new message and counts it (the sender of one-way messages,
 like a PBFT replica, must retransmit what matters); a failed write drops what it carried
