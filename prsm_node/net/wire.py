@@ -184,10 +184,9 @@ class Wire:
             pending = outbound.pending[request_id] = _Pending()
             try:
                 frame = encode_frame([REQUEST, request_id, payload], self._frame_size_max)
-                await self._write_whole(peer, protocol, outbound, frame)
+                await self._write_whole(peer, protocol, outbound, frame)  # drops on failure
                 await pending.done.wait()
             except STREAM_FAILURES as error:
-                self._drop_outbound(peer, protocol, outbound)
                 raise RequestFailed(peer, protocol, f"stream failed: {error!r}") from None
             finally:
                 outbound.pending.pop(request_id, None)
@@ -210,9 +209,8 @@ class Wire:
                 encode_frame([NOTICE, 0, payload], self._frame_size_max) for payload in payloads
             )
             try:
-                await self._write_whole(peer, protocol, outbound, frames)
+                await self._write_whole(peer, protocol, outbound, frames)  # drops on failure
             except STREAM_FAILURES as error:
-                self._drop_outbound(peer, protocol, outbound)
                 raise RequestFailed(peer, protocol, f"stream failed: {error!r}") from None
             return
         raise RequestFailed(peer, protocol, f"not sent within {self._request_timeout_s:g} s")
