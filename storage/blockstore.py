@@ -145,6 +145,12 @@ class BlockBatch:
         """Check and write ``block`` now, index it with the batch; True if it was new."""
         return self.store._stage(self, block)
 
+    def adopt(self, cid: Cid, size: int, temp_name: str) -> bool:
+        """Index with the batch the block ``cid`` that a transfer lane of this node hashed
+        and wrote to ``tmp/<temp_name>`` (``hashed_here`` batches only); True if it was
+        new. The file is the store's from now on: removed if the block is already here."""
+        return self.store._adopt(self, cid, size, temp_name)
+
 
 class BlockStore:
     """Blocks under ``root`` (see the module rules); open one per directory per process."""
@@ -319,26 +325,49 @@ class BlockStore:
             raise InvalidDataError(f"block of {len(data)} bytes exceeds {BLOCK_SIZE_MAX}")
         if not batch.hashed_here and not block.cid.matches(data):
             raise CorruptBlockError(block.cid)
+        return self._enter(batch, block.cid, len(data), data)
+
+    def _adopt(self, batch: BlockBatch, cid: Cid, size: int, temp_name: str) -> bool:
+        """``BlockBatch.adopt``: the same rules as ``_stage``, on a file already written."""
+        if not batch.hashed_here:
+            raise LocalCommandError("only a batch of hashed blocks adopts a lane's file")
+        if not 0 <= size <= BLOCK_SIZE_MAX or "/" in temp_name:
+            raise InvalidDataError(f"cannot adopt {temp_name!r} of {size} bytes")
+        try:
+            new = self._enter(batch, cid, size, None, temp_name)
+        except BaseException:
+            (self.root / "tmp" / temp_name).unlink(missing_ok=True)
+            raise
+        if not new:
+            (self.root / "tmp" / temp_name).unlink(missing_ok=True)
+        return new
+
+    def _enter(self, batch: BlockBatch, cid: Cid, size: int, data: bytes | None,
+               temp_name: str | None = None) -> bool:
+        """Stage a checked block: write ``data`` under a new temp name, or adopt the file
+        ``temp_name`` when ``data`` is None (rules 1, 4 and 7); True if new."""
         with self._lock:
-            if block.cid in batch.sizes or block.cid in batch.publishing \
-                    or self.has(block.cid):
+            if cid in batch.sizes or cid in batch.publishing or self.has(cid):
                 return False
             if (batch.sizes or batch.publishing) \
-                    and self._size_bytes + self._staged_bytes + len(data) > self.quota_bytes:
+                    and self._size_bytes + self._staged_bytes + size > self.quota_bytes:
                 # Staged blocks cannot be collected; committed, they are ordinary blocks,
                 # so a batch near the quota collects exactly as one put after another.
                 self._commit(batch)
-            self._make_room(self._staged_bytes + len(data))
+            self._make_room(self._staged_bytes + size)
             # A batch of one (``put``, the exchange) writes here; a durable batch writes
             # in the background from its second block on (rule 7).
             background = self._fsync and bool(batch.writer.started or batch.sizes)
-            name = str(block.cid)
-            path, temp_name = self._path(block.cid, name), self._temp_name(name)
-            if not background:
+            name = str(cid)
+            path = self._path(cid, name)
+            temp_name = temp_name or self._temp_name(name)
+            if not background and data is None:
+                batch.files.adopt(path, temp_name)
+            elif not background:
                 batch.files.stage(path, data, temp_name)
-            batch.sizes[block.cid] = len(data)
-            self._staged_bytes += len(data)
-            self._writing[block.cid] = self._writing.get(block.cid, 0) + 1
+            batch.sizes[cid] = size
+            self._staged_bytes += size
+            self._writing[cid] = self._writing.get(cid, 0) + 1
         if background:  # outside the lock: it waits while the writer's queue is full
             batch.writer.stage(batch.files, path, data, temp_name)
         if len(batch.sizes) == self._commit_blocks_max:

@@ -131,6 +131,18 @@ class FileBatch:
         else:
             os.close(descriptor)
 
+    def adopt(self, final: Path, temp_name: str) -> None:
+        """Take ``temp_dir / temp_name``, written whole by another process of this node (a
+        transfer lane) that has started its writeback, as if ``stage`` had written it: with
+        ``durable`` its fsync comes in ``publish`` (through a read-only descriptor, which
+        flushes the file's data all the same)."""
+        assert len(self._staged) < FILES_MAX, len(self._staged)
+        temp = self.temp_dir / temp_name
+        descriptor = os.open(temp, os.O_RDONLY | os.O_CLOEXEC) if self.durable else None
+        self._staged.append((temp, final))
+        if descriptor is not None:
+            self._descriptors.append(descriptor)
+
     def publish(self) -> None:
         """fsync every staged file, rename them all, fsync each directory that gained a
         name once (rule 1); the batch is empty afterwards. On an error, ``discard``."""
@@ -189,9 +201,10 @@ class BackgroundWriter:
         """A publish was submitted and not yet waited for."""
         return self._published is not None
 
-    def stage(self, files: FileBatch, final: Path, data: bytes | memoryview,
+    def stage(self, files: FileBatch, final: Path, data: bytes | memoryview | None,
               temp_name: str) -> None:
-        """Queue ``files.stage(final, data, temp_name)``; blocks while the queue is full."""
+        """Queue ``files.stage(final, data, temp_name)`` (``files.adopt`` for None); blocks
+        while the queue is full."""
         self._raise_error()
         self._slots.acquire()
         try:
@@ -199,6 +212,10 @@ class BackgroundWriter:
         except BaseException:
             self._slots.release()
             raise
+
+    def adopt(self, files: FileBatch, final: Path, temp_name: str) -> None:
+        """Queue ``files.adopt(final, temp_name)`` (in order with the stage writes)."""
+        self.stage(files, final, None, temp_name)
 
     def publish(self, files: FileBatch) -> None:
         """Queue ``files.publish()`` after the writes queued so far; the caller must not
@@ -232,10 +249,12 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def _stage_job(self, files: FileBatch, final: Path, data: bytes | memoryview,
+    def _stage_job(self, files: FileBatch, final: Path, data: bytes | memoryview | None,
                    temp_name: str) -> None:
         try:
-            if self._error is None:
+            if self._error is None and data is None:
+                files.adopt(final, temp_name)
+            elif self._error is None:
                 files.stage(final, data, temp_name)
         except BaseException as error:
             self._error = error

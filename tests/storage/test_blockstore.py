@@ -422,3 +422,38 @@ def test_a_write_that_fails_in_the_writer_thread_publishes_nothing_of_its_group(
     assert result["files"] == sorted(result["names"][:2])
     assert result["temp"] == []
     assert result["size_bytes"] == 2000
+
+
+def lane_file(store: BlockStore, data: bytes, name: str) -> tuple[Block, str]:
+    """A block written under the store's tmp/ as a transfer lane writes it."""
+    (store.root / "tmp" / name).write_bytes(data)
+    return block(data), name
+
+
+@pytest.mark.parametrize("fsync", [False, True])
+def test_a_batch_adopts_lane_files_as_its_own_blocks(tmp_path: Path, fsync: bool) -> None:
+    """More than one group (the writer thread's path with fsync), a duplicate inside the
+    batch and one already stored: each file ends as a block or is removed."""
+    with BlockStore(tmp_path, quota_bytes=64 * MiB, clock_ms=Clock(), fsync=fsync) as store:
+        stored = block(b"stored before")
+        store.put(stored)
+        files = [lane_file(store, pattern(1000 + i, f"lane{i}"), f"f{i}")
+                 for i in range(PUT_MANY_BLOCKS_MAX + 5)]
+        again = lane_file(store, files[0][0].data, "again")
+        old = lane_file(store, stored.data, "old")
+        with store.batch(hashed_here=True) as batch:
+            assert all(batch.adopt(b.cid, len(b.data), name) for b, name in files)
+            assert not batch.adopt(again[0].cid, len(again[0].data), "again")
+            assert not batch.adopt(old[0].cid, len(old[0].data), "old")
+        for adopted, _name in files:
+            assert store.get(adopted.cid) == adopted.data
+        assert store.stat().block_count == len(files) + 1
+        assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_only_a_batch_of_hashed_blocks_adopts_a_file(tmp_path: Path) -> None:
+    with open_store(tmp_path) as store:
+        lying, name = lane_file(store, b"not what the cid says", "f")
+        with pytest.raises(LocalCommandError), store.batch() as batch:
+            batch.adopt(raw_cid(b"other"), len(lying.data), name)
+        assert not store.has(raw_cid(b"other"))
