@@ -12,8 +12,11 @@ Rules:
    resumes after an interruption without refetching) -> WANTED -> IN_FLIGHT (assigned to
    exactly one peer, in one request) -> DONE. A block is never in flight twice, so it is
    never asked of the same peer twice at once, and different blocks go to different peers.
-4. Every received block is hashed against its CID before it is stored. A wrong block, an
-   unsolicited block or an undecodable frame is the peer's fault: ``DropPeer`` with a
+4. Every received block is hashed against its CID before it is stored: by the session for
+   a ``BlockReply``; for ``BlockVerified``, by a transfer lane of this node (our own code
+   in a child process, which already wrote the bytes to a temp file: the session answers
+   with ``AdoptBlock``, and the shell discards every lane file not adopted). A wrong block,
+   an unsolicited block or an undecodable frame is the peer's fault: ``DropPeer`` with a
    ``PeerProtocolError`` naming it; its requests go back to WANTED for the other peers. A
    timeout is a strike; ``strikes_max`` strikes retire the peer without blame.
 5. Bounded: distinct blocks (``blocks_max``), providers (``peers_max``), blocks in flight
@@ -121,6 +124,19 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BlockVerified:
+    """A block a transfer lane of this node received from ``peer``, hashed against ``cid``
+    and wrote to a temp file (``staged``: the shell's handle for it); ``data`` holds a
+    dag-pb node's bytes (its links are needed), None for a raw leaf (rule 4)."""
+
+    peer: bytes
+    cid: Cid
+    size: int
+    staged: str
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestFailed:
     peer: bytes
     request_id: int
@@ -137,7 +153,7 @@ class Cancel:
 
 
 Input = (Start | LocalBlocks | ProviderAdded | ProviderRemoved | FrameReceived
-         | MessageReceived | RequestFailed | TimerFired | Cancel)
+         | MessageReceived | BlockVerified | RequestFailed | TimerFired | Cancel)
 
 
 # -- effects ------------------------------------------------------------------------------
@@ -157,6 +173,15 @@ class SendWant:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreBlock:
     block: Block  # verified against its CID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdoptBlock:
+    """Store the lane's file ``staged`` as block ``cid`` (verified by the lane: rule 4)."""
+
+    cid: Cid
+    size: int
+    staged: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,7 +210,8 @@ class Finished:
     reason: str
 
 
-Effect = ReadLocal | SendWant | StoreBlock | DropPeer | SetTimer | NeedProviders | Finished
+Effect = (ReadLocal | SendWant | StoreBlock | AdoptBlock | DropPeer | SetTimer | NeedProviders
+          | Finished)
 
 
 class SessionState(enum.Enum):
@@ -240,7 +266,7 @@ class SessionStatistics:
 
 _ENDED = (SessionState.COMPLETE, SessionState.FAILED)
 _LATE_INPUTS = (LocalBlocks, ProviderAdded, ProviderRemoved, FrameReceived, MessageReceived,
-                RequestFailed, TimerFired, Cancel)
+                BlockVerified, RequestFailed, TimerFired, Cancel)
 
 _TRANSITIONS: dict[SessionState, dict[type, str]] = {
     SessionState.IDLE: {Start: "_on_start", ProviderAdded: "_on_provider_added",
@@ -248,7 +274,8 @@ _TRANSITIONS: dict[SessionState, dict[type, str]] = {
     SessionState.ACTIVE: {
         LocalBlocks: "_on_local_blocks", ProviderAdded: "_on_provider_added",
         ProviderRemoved: "_on_provider_removed", FrameReceived: "_on_frame",
-        MessageReceived: "_on_message", RequestFailed: "_on_request_failed",
+        MessageReceived: "_on_message", BlockVerified: "_on_block_verified",
+        RequestFailed: "_on_request_failed",
         TimerFired: "_on_timer", Cancel: "_on_cancel"},
     SessionState.COMPLETE: {kind: "_ignore" for kind in _LATE_INPUTS},
     SessionState.FAILED: {kind: "_ignore" for kind in _LATE_INPUTS},
@@ -400,12 +427,39 @@ class FetchSession:
 
     def _on_block(self, now_ms: int, peer: bytes, message: BlockReply) -> list[Effect]:
         cid = message.cid
-        entry = self._blocks.get(cid)
-        if entry is None or peer not in entry.asked:
+        if not self._solicited(peer, cid):
             return self._blame(peer, f"unsolicited block {cid}")
         if not cid.matches(message.data):
             return self._blame(peer, f"block does not match its CID {cid}")
-        size = len(message.data)
+        if not self._received(now_ms, peer, cid, len(message.data)):
+            return []
+        effects: list[Effect] = [StoreBlock(block=Block(cid, message.data))]
+        if cid.codec == CODEC_DAG_PB:
+            effects += self._discover_children(cid, message.data)
+        return effects
+
+    def _on_block_verified(self, now_ms: int, event: BlockVerified) -> list[Effect]:
+        peer, cid = event.peer, event.cid
+        if peer not in self._peers:
+            return []  # a late block from a peer we already dropped: the shell discards it
+        if not self._solicited(peer, cid):
+            return self._blame(peer, f"unsolicited block {cid}")
+        assert (event.data is not None) == (cid.codec == CODEC_DAG_PB), "a lane sends nodes"
+        if not self._received(now_ms, peer, cid, event.size):
+            return []
+        effects: list[Effect] = [AdoptBlock(cid=cid, size=event.size, staged=event.staged)]
+        if event.data is not None:
+            effects += self._discover_children(cid, event.data)
+        return effects
+
+    def _solicited(self, peer: bytes, cid: Cid) -> bool:
+        entry = self._blocks.get(cid)
+        return entry is not None and peer in entry.asked
+
+    def _received(self, now_ms: int, peer: bytes, cid: Cid, size: int) -> bool:
+        """Account a verified block from ``peer``; True if it is new (now DONE), False for
+        a duplicate (another peer's copy came first)."""
+        entry = self._blocks[cid]
         self._peers[peer].bucket.charge(now_ms, size)
         self._peers[peer].bytes_received += size
         self._total.charge(now_ms, size)
@@ -414,16 +468,13 @@ class FetchSession:
             self._duplicates += 1
             if entry.request_id is not None:
                 self._unclaim(entry.request_id, cid)
-            return []
+            return False
         if entry.state is BlockState.IN_FLIGHT:
             assert entry.request_id is not None
             self._unclaim(entry.request_id, cid)  # from whichever peer it was assigned to
         self._set_state(cid, entry, BlockState.DONE)
         self._fetched += 1
-        effects: list[Effect] = [StoreBlock(block=Block(cid, message.data))]
-        if cid.codec == CODEC_DAG_PB:
-            effects += self._discover_children(cid, message.data)
-        return effects
+        return True
 
     def _discover_children(self, cid: Cid, data: bytes) -> list[Effect]:
         try:
