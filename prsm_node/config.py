@@ -251,19 +251,22 @@ class StorageSection:
         _between(1, 1024),
     )
     upload_peer_bytes_per_s: int = _key(
-        "blocks served to one peer per second (token bucket)", 64 * 1024**2, _positive
+        "blocks served to one peer per second (token bucket; the defaults do not bind on a "
+        "LAN: lower them for a metered or shared link)",
+        512 * 1024**2,
+        _positive,
     )
     upload_total_bytes_per_s: int = _key(
-        "blocks served to all peers together per second", 256 * 1024**2, _positive
+        "blocks served to all peers together per second", 1024**3, _positive
     )
     upload_burst_bytes: int = _key(
         "burst of each upload bucket", 8 * 1024 * 1024, _between(1024 * 1024, 2**40)
     )
     download_peer_bytes_per_s: int = _key(
-        "blocks fetched from one provider per second", 64 * 1024**2, _positive
+        "blocks fetched from one provider per second", 1024**3, _positive
     )
     download_total_bytes_per_s: int = _key(
-        "blocks fetched from all providers together per second", 256 * 1024**2, _positive
+        "blocks fetched from all providers together per second", 2 * 1024**3, _positive
     )
     download_burst_bytes: int = _key(
         "burst of each download bucket", 16 * 1024 * 1024, _between(1024 * 1024, 2**40)
@@ -284,6 +287,12 @@ class StorageSection:
         "strikes before a provider is retired from a fetch", 3, _between(1, 100)
     )
     fetches_max: int = _key("fetches running at once; more are refused", 8, _between(1, 256))
+    fetch_lanes: int = _key(
+        "child processes that receive fetched blocks, each on its own core (0: in the node's "
+        "process; -1: cores minus 3, at most 4, 0 below 4 cores); off with kubo_api",
+        -1,
+        _between(-1, 64),
+    )
     operations_max: int = _key(
         "add/get progress entries kept for store_progress", 64, _between(1, 4096)
     )

@@ -13,6 +13,13 @@ blames liars and retires silent peers; this shell performs its effects:
   just hashed against the CID (``storage.exchange`` rule 4). A group becomes visible to
   ``has``/``get`` when it is published, and the last one before ``run`` returns; blocks
   staged when the node dies are fetched again (the core checks the store at the start).
+- Transfer lanes (``prsm_node.storage_lanes``, when the node runs them): a want goes to a
+  lane process, which receives, hashes and writes the block; it comes back as
+  ``BlockVerified`` naming the lane's temp file, which an ``AdoptBlock`` effect puts into
+  the batch (``BlockBatch.adopt``). A lane file fed to a step and not adopted by it (a
+  duplicate, a dropped peer, a session already ended) is removed after the step; those
+  still queued when the fetch ends, after it. Without a lane (none configured, or it died)
+  the want is asked in-process as below.
 - SendWant: one wire request per CID (the wire answers each request with one frame capped
   at ``network.frame_size_max``, and a reply of eight 1 MiB blocks would not fit); the
   requests share the peer's long-lived stream, so they pipeline. Answers come back as
@@ -35,7 +42,8 @@ import itertools
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -46,6 +54,9 @@ from storage.cid import CODEC_DAG_PB, Cid
 from storage.errors import CorruptBlockError, LocalCommandError, StorageError
 from storage.exchange_messages import WANTS_PER_MESSAGE_MAX, WantBlocks, encode_message
 from storage.unixfs import Block
+
+if TYPE_CHECKING:
+    from prsm_node.storage_lanes import LaneAnswer
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +78,9 @@ class FetchNetwork:
     connect: Callable[[str, tuple[str, ...]], Awaitable[bool]]
     penalise: Callable[[str, str], None]
     own_peer_id: str
+    # A want through a transfer lane (peer, addresses, cid), None: no lane took it.
+    lane_request: Callable[[str, tuple[str, ...], Cid], Awaitable[LaneAnswer | None]] | None \
+        = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +124,7 @@ class FetchDriver:
         self._timers: list[tuple[int, int, tuple[str, int]]] = []
         self._timer_order = itertools.count()
         self._added: set[str] = set()
+        self._addresses: dict[str, tuple[str, ...]] = {}
         self._excluded: set[str] = set()
         self._failures: dict[str, int] = {}
         self._stalled = False
@@ -131,10 +146,12 @@ class FetchDriver:
                     await self._step(await self._next_events())
                 nursery.cancel_scope.cancel()
         except BaseException as error:
+            self._discard_queued()
             with trio.CancelScope(shield=True):  # discard the staged blocks, end the writer
                 await trio.to_thread.run_sync(batch_scope.__exit__, type(error), error,
                                               error.__traceback__)
             raise
+        self._discard_queued()
         await trio.to_thread.run_sync(batch_scope.__exit__, None, None, None)
         finished = self._finished
         assert finished is not None, "a session ends with Finished"
@@ -158,21 +175,53 @@ class FetchDriver:
         """Feed ``events``; answer ReadLocal and StoreBlock here; return the rest."""
         pending = list(events)
         remaining: list[ex.Effect] = []
-        while pending:
-            for effect in self._session.handle(now_ms, pending.pop(0)):
-                if isinstance(effect, ex.ReadLocal):
-                    pending.append(self._read_local(effect.cids))
-                elif isinstance(effect, ex.StoreBlock):
-                    assert self._batch is not None
-                    try:
-                        self._batch.put(effect.block)
-                        self._push(effect.block)
-                    except LocalCommandError as error:  # the quota is full of pinned data
-                        pending.append(ex.Cancel(reason=f"cannot store a block: {error}"))
-                else:
-                    remaining.append(effect)
+        lane_files = {event.staged for event in events if isinstance(event, ex.BlockVerified)}
+        try:
+            while pending:
+                self._handle_sync(now_ms, pending.pop(0), pending, remaining, lane_files)
+        finally:
+            self._remove_lane_files(lane_files)  # the ones not adopted (module header)
         self.statistics = self._session.statistics()
         return remaining
+
+    def _handle_sync(self, now_ms: int, event: ex.Input, pending: list[ex.Input],
+                     remaining: list[ex.Effect], lane_files: set[str]) -> None:
+        for effect in self._session.handle(now_ms, event):
+            if isinstance(effect, ex.ReadLocal):
+                pending.append(self._read_local(effect.cids))
+            elif isinstance(effect, ex.AdoptBlock):
+                assert self._batch is not None
+                lane_files.discard(effect.staged)  # the store's from here, whatever happens
+                try:
+                    self._batch.adopt(effect.cid, effect.size, effect.staged)
+                except LocalCommandError as error:  # the quota is full of pinned data
+                    pending.append(ex.Cancel(reason=f"cannot store a block: {error}"))
+            elif isinstance(effect, ex.StoreBlock):
+                assert self._batch is not None
+                try:
+                    self._batch.put(effect.block)
+                    self._push(effect.block)
+                except LocalCommandError as error:  # the quota is full of pinned data
+                    pending.append(ex.Cancel(reason=f"cannot store a block: {error}"))
+            else:
+                remaining.append(effect)
+
+    def _remove_lane_files(self, names: set[str]) -> None:
+        temp_dir = self._store.root / "tmp"
+        for name in names:
+            (temp_dir / Path(name).name).unlink(missing_ok=True)
+
+    def _discard_queued(self) -> None:
+        """Remove the lane files of answers still queued when the fetch ends."""
+        names: set[str] = set()
+        while True:
+            try:
+                event = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+                break
+            if isinstance(event, ex.BlockVerified):
+                names.add(event.staged)
+        self._remove_lane_files(names)
 
     def _read_local(self, cids: tuple[Cid, ...]) -> ex.LocalBlocks:
         found: list[tuple[Cid, bytes | None]] = []
@@ -232,6 +281,12 @@ class FetchDriver:
         return events
 
     async def _request(self, peer: str, request_id: int, cid: Cid) -> None:
+        if self._network.lane_request is not None:
+            lane_answer = await self._network.lane_request(
+                peer, self._addresses.get(peer, ()), cid)
+            if lane_answer is not None:
+                await self._lane_answered(peer, request_id, lane_answer)
+                return
         want = encode_message(WantBlocks(request_id=request_id, cids=(cid,)))
         answer = await self._network.request(peer, want)
         frames = _frames_of(answer)
@@ -243,6 +298,28 @@ class FetchDriver:
         self._failures.pop(peer, None)
         self.bytes_by_peer[peer] = self.bytes_by_peer.get(peer, 0) + sum(map(len, frames))
         for frame in frames:
+            await self._send.send(ex.FrameReceived(peer=peer.encode(), frame=frame))
+
+    async def _lane_answered(self, peer: str, request_id: int, answer: LaneAnswer) -> None:
+        """A lane's answer as inputs: the same rules as an in-process answer (``_request``)."""
+        if answer.status == "malformed":
+            self._network.penalise(peer, "blocks: the answer is not a list of frames")
+        if answer.status != "ok" or not (answer.staged or answer.frames):
+            await self._request_failed(peer, request_id)
+            return
+        self._failures.pop(peer, None)
+        size = sum(block.size for block in answer.staged) + sum(map(len, answer.frames))
+        self.bytes_by_peer[peer] = self.bytes_by_peer.get(peer, 0) + size
+        sent = 0
+        try:
+            for block in answer.staged:
+                await self._send.send(ex.BlockVerified(peer=peer.encode(), cid=block.cid,
+                                                       size=block.size, staged=block.temp_name,
+                                                       data=block.node))
+                sent += 1
+        finally:  # cancelled on the way: nobody else knows of the rest
+            self._remove_lane_files({block.temp_name for block in answer.staged[sent:]})
+        for frame in answer.frames:
             await self._send.send(ex.FrameReceived(peer=peer.encode(), frame=frame))
 
     async def _request_failed(self, peer: str, request_id: int) -> None:
@@ -278,6 +355,7 @@ class FetchDriver:
             if not await self._network.connect(peer, addrs):
                 continue
             self._added.add(peer)
+            self._addresses[peer] = tuple(addrs)
             self._stalled = False
             added += 1
             await self._send.send(ex.ProviderAdded(peer=peer.encode()))

@@ -19,10 +19,14 @@ Rules:
    ``store add`` and a fetch through a block-store batch followed by ``push``
    (storage_local.add_file, storage_fetch); both push it to Kubo when
    ``storage.kubo_api`` is set (storage_kubo.py).
+5. Transfer lanes (``storage.fetch_lanes``, storage_lanes.py): child processes that receive
+   fetched blocks on other cores. Off while ``storage.kubo_api`` is set: a lane's blocks
+   never enter this process, so there would be no bytes to push.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +44,7 @@ from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
 from prsm_node.storage_fetch import BLOCKS_PROTOCOL, FetchDriver, FetchNetwork, FetchOutcome
 from prsm_node.storage_kubo import KuboBackend
+from prsm_node.storage_lanes import LaneAnswer, TransferLanes, lanes_wanted
 from prsm_node.storage_progress import Operation, Operations
 from storage.blockstore import BlockStore
 from storage.cid import Cid
@@ -122,6 +127,12 @@ class StorageService:
         self._upload_peers: OrderedDict[str, TokenBucket] = OrderedDict()
         self._upload_peers_max = 4 * network.peers_max
         self._reply_bytes_max = network.frame_size_max - ENVELOPE_BYTES
+        lanes = 0 if self.kubo else lanes_wanted(config.fetch_lanes, os.cpu_count())
+        self.lanes = TransferLanes(
+            count=lanes, temp_dir=self.store_dir / "tmp",
+            frame_size_max=network.frame_size_max,
+            request_timeout_s=config.request_timeout_ms / 1000, durable=config.fsync,
+        ) if lanes else None
 
     @property
     def store(self) -> BlockStore:
@@ -133,8 +144,11 @@ class StorageService:
         log.info("storage.opened", path=str(self.store_dir), **asdict(self.store.stat()))
         self._wire.register(BLOCKS_PROTOCOL, self._serve_blocks)
         try:
-            task_status.started()
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                if self.lanes is not None:
+                    await nursery.start(self.lanes.run)
+                task_status.started()
+                await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._close)
@@ -289,6 +303,7 @@ class StorageService:
             connect=self.connect,
             penalise=self._penalise,
             own_peer_id=self.own_peer_id,
+            lane_request=self._lane_request if self.lanes is not None else None,
         )
         return FetchDriver(
             root=root,
@@ -345,6 +360,18 @@ class StorageService:
             log.debug("storage.request_failed", peer=peer, reason=error.reason)
             return None
 
+    async def _lane_request(self, peer: str, addresses: tuple[str, ...],
+                            cid: Cid) -> LaneAnswer | None:
+        """A want through a lane, dialling the addresses the fetch learned for ``peer``
+        and those our own host knows."""
+        assert self.lanes is not None
+        try:
+            known = self._host.get_peerstore().addrs(ID.from_base58(peer))
+        except Exception:  # py-libp2p raises PeerStoreError for a peer it has not seen
+            known = []
+        merged = tuple(dict.fromkeys([*addresses, *(str(address) for address in known)]))
+        return await self.lanes.request(peer, merged, cid)
+
     def _penalise(self, peer: str, reason: str) -> None:
         self.peers.penalise(peer, reason)
 
@@ -375,6 +402,8 @@ class StorageService:
         if self.kubo is not None:
             kubo = self.kubo.statistics()
             counters |= {"kubo_pushed": kubo.pushed, "kubo_failed": kubo.failed}
+        if self.lanes is not None:
+            counters |= self.lanes.statistics()
         return counters
 
 

@@ -90,10 +90,11 @@ def test_add_on_one_node_then_get_from_one_and_from_two_providers(
     assert {p["peer_id"] for p in providers} >= {devnet.nodes[1].peer_id, devnet.nodes[2].peer_id}
 
 
+@pytest.mark.parametrize("lanes", [0, 1], ids=["in-process", "one-lane"])
 def test_fetch_of_a_partially_present_dag_fetches_only_the_missing_blocks(
-    make_devnet: Callable[..., Devnet], short_dir: Path
+    make_devnet: Callable[..., Devnet], short_dir: Path, lanes: int
 ) -> None:
-    devnet = storage_devnet(make_devnet, 2)
+    devnet = storage_devnet(make_devnet, 2, fetch_lanes=lanes)
     data = os.urandom(10 * MIB)
     root, blocks = build_bytes(data)
     source = short_dir / "full.bin"
@@ -112,6 +113,9 @@ def test_fetch_of_a_partially_present_dag_fetches_only_the_missing_blocks(
     assert result["blocks_total"] == len(blocks) == 11
     assert result["blocks_local"] == 4
     assert result["blocks_fetched"] == len(blocks) - 4
+    counters = call(devnet, 1, "store_stat")["counters"]
+    assert counters.get("lanes_started", 0) == lanes
+    assert list((devnet.nodes[1].data_dir / "blocks" / "tmp").iterdir()) == []
 
 
 def test_fetch_completes_when_a_provider_is_killed_midway(

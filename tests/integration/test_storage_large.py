@@ -60,7 +60,8 @@ async def test_100_mb_through_the_dht_then_from_three_providers_one_killed_one_l
     make_devnet: Callable[..., Devnet], short_dir: Path
 ) -> None:
     devnet = await trio.to_thread.run_sync(
-        lambda: storage_devnet(make_devnet, 3, upload_peer_bytes_per_s=PACE, upload_burst_bytes=MIB)
+        lambda: storage_devnet(make_devnet, 3, upload_peer_bytes_per_s=PACE, upload_burst_bytes=MIB,
+                               fetch_lanes=2)
     )
     peer = [node.peer_id for node in devnet.nodes]
 
@@ -128,4 +129,8 @@ async def test_100_mb_through_the_dht_then_from_three_providers_one_killed_one_l
     statistics = await call(2, "node_statistics")
     assert statistics["scores"]["rejected_total"] >= 1
     assert statistics["scores"]["peers_penalised"] >= 1
-    assert (await call(2, "store_stat"))["counters"]["peers_blamed"] >= 1
+    counters = (await call(2, "store_stat"))["counters"]
+    assert counters["peers_blamed"] >= 1
+    assert counters["lanes_started"] == 2 and counters["lanes_died"] == 0, counters
+    leftovers = list((Path(devnet.nodes[2].data_dir) / "blocks" / "tmp").iterdir())
+    assert not leftovers, leftovers  # every lane file adopted or removed

@@ -1,0 +1,228 @@
+"""A transfer lane: a child process of the node that receives fetched blocks on its own core.
+
+Why: one fetch's receive (Noise, Yamux, msgpack, sha256 and the file write of every block)
+ran in the node's one event loop and cost more CPU per byte than one bare py-libp2p stream,
+so no number of providers could make a fetch faster than one stream (BENCHMARKS.md, #5). A
+lane is a process with its own libp2p host: the node (``prsm_node.storage_lanes``) hands it
+want requests, it asks the provider over ``/prsm/blocks/1.0.0``, hashes each block against
+its CID and writes it to a temp file of the node's block store, and answers with the file's
+name; the block's bytes never enter the node's process (only a dag-pb node's, whose links
+the fetch session needs). The node adopts the file into its store (``BlockBatch.adopt``).
+
+Rules:
+1. The lane holds no state of the node: no key of the node (a fresh libp2p identity per
+   process; a provider sees an ordinary peer), no store, no database. It writes only new
+   files under the temp directory it is given, named ``<cid>.<pid>.<n>`` like the store's
+   own temp files (removed with them when the store next opens).
+2. A block is reported as staged only after its bytes hashed to the wanted CID and its file
+   was written whole. Anything else the provider answered (don't have, a wrong block, a
+   frame that does not decode) goes back to the node as the frame itself, so the fetch
+   session judges it exactly as it judges an in-process answer (``storage.exchange``).
+3. The pipe protocol (stdin: wants; stdout: one answer per want, in any order) uses the
+   frames of ``prsm_node.net.framing``, each capped before it is read. The lane exits when
+   its stdin ends (the node closed it or died) and removes every file it wrote and did not
+   report.
+4. Hashing and the file write run in a worker thread (both release the GIL), so the lane's
+   event loop keeps reading the stream meanwhile.
+
+Pipe messages: the node sends ``[seq, peer, [address, ...], cid_bytes]``; the lane answers
+``[seq, status, staged, frames]`` with status ``ok``, ``failed`` (no answer: dial, stream or
+timeout) or ``malformed`` (the answer was not a list of frames), ``staged`` a list of
+``[cid_bytes, size, temp_name, node_bytes_or_None]`` and ``frames`` the other frames. The
+first message on stdout, once the host runs, is ``[0, peer_id, [], []]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+from nacl.signing import SigningKey
+
+from prsm_node.config import NetworkConfig
+from prsm_node.net.framing import FrameError, encode_frame, read_frame
+from prsm_node.net.host import build_host, dial
+from prsm_node.net.ping import PING_PROTOCOL, answer_ping
+from prsm_node.net.scores import PeerScores
+from prsm_node.net.wire import RequestFailed, Wire
+from prsm_node.storage_fetch import BLOCKS_PROTOCOL
+from storage.cid import CODEC_DAG_PB, Cid
+from storage.durable import start_writeback
+from storage.errors import InvalidMessageError, StorageError
+from storage.exchange_messages import BlockReply, WantBlocks, decode_message, encode_message
+
+READY_SEQ = 0
+LANE_MESSAGE_MAX = 64 * 1024
+"""A want from the node: a peer id, a few addresses and a CID."""
+STATUS_OK, STATUS_FAILED, STATUS_MALFORMED = "ok", "failed", "malformed"
+
+
+class PipeStream:
+    """``read(n)`` over a trio receive stream, as ``prsm_node.net.framing`` reads."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self._stream.receive_some(n)
+
+
+def _write_block_file(temp_dir: Path, name: str, data: bytes, durable: bool) -> None:
+    descriptor = os.open(temp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view):]
+        if durable:
+            start_writeback(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class Lane:
+    """The lane's event loop side: one task per want (module rules)."""
+
+    def __init__(self, host: Any, wire: Any, *, temp_dir: Path, durable: bool,
+                 frame_size_max: int) -> None:
+        self._host = host
+        self._wire = wire
+        self._temp_dir = temp_dir
+        self._durable = durable
+        self._frame_size_max = frame_size_max
+        self._names = itertools.count()
+        self._unreported: set[str] = set()
+        self._out_lock = trio.Lock()
+        self._connecting: dict[str, trio.Lock] = {}
+
+    async def serve(self, stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> None:
+        self._stdout = stdout
+        await self._answer([READY_SEQ, self._host.get_id().to_base58(), [], []])
+        reader = PipeStream(stdin)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        want = await read_frame(reader, LANE_MESSAGE_MAX)
+                    except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
+                        break  # the node closed the pipe (or died): rule 3
+                    nursery.start_soon(self._fetch, *want)
+                nursery.cancel_scope.cancel()
+        finally:
+            for name in self._unreported:
+                (self._temp_dir / name).unlink(missing_ok=True)
+
+    async def _fetch(self, seq: int, peer: str, addresses: list[str], cid_bytes: bytes) -> None:
+        cid = Cid.from_bytes(cid_bytes)
+        answer = None
+        if await self._reach(peer, addresses):
+            want = encode_message(WantBlocks(request_id=seq, cids=(cid,)))
+            try:
+                answer = await self._wire.request(peer, BLOCKS_PROTOCOL, want)
+            except RequestFailed:
+                answer = None
+        if answer is None:
+            await self._answer([seq, STATUS_FAILED, [], []])
+        elif not isinstance(answer, list) or not all(isinstance(f, bytes) for f in answer):
+            await self._answer([seq, STATUS_MALFORMED, [], []])
+        else:
+            staged, frames = await trio.to_thread.run_sync(self._stage_all, cid, answer)
+            await self._answer([seq, STATUS_OK, staged, frames])
+
+    def _stage_all(self, cid: Cid, frames: list[bytes]) -> tuple[list[list[Any]], list[bytes]]:
+        """Write every block of ``frames`` that is ``cid`` and hashes to it (rule 2)."""
+        staged: list[list[Any]] = []
+        others: list[bytes] = []
+        for frame in frames:
+            try:
+                message = decode_message(frame)
+            except InvalidMessageError:
+                others.append(frame)
+                continue
+            if not isinstance(message, BlockReply) or message.cid != cid \
+                    or not cid.matches(message.data) or staged:
+                others.append(frame)
+                continue
+            name = f"{cid}.{os.getpid()}.{next(self._names)}"
+            self._unreported.add(name)
+            _write_block_file(self._temp_dir, name, message.data, self._durable)
+            node = message.data if cid.codec == CODEC_DAG_PB else None
+            staged.append([cid.to_bytes(), len(message.data), name, node])
+        return staged, others
+
+    async def _reach(self, peer: str, addresses: list[str]) -> bool:
+        if self._host.get_network().get_connections(ID.from_base58(peer)):
+            return True
+        lock = self._connecting.setdefault(peer, trio.Lock())
+        async with lock:  # one dial per provider, however many wants wait for it
+            if self._host.get_network().get_connections(ID.from_base58(peer)):
+                return True
+            for address in addresses[:8]:
+                if not address.endswith(f"/p2p/{peer}"):
+                    address += f"/p2p/{peer}"
+                with trio.move_on_after(10):
+                    try:
+                        await dial(self._host, address)
+                        return True
+                    except Exception:  # libp2p raises many unrelated types on a dial
+                        continue
+        return False
+
+    async def _answer(self, message: list[Any]) -> None:
+        frame = encode_frame(message, self._frame_size_max + LANE_MESSAGE_MAX)
+        async with self._out_lock:
+            await self._stdout.send_all(frame)
+        for entry in message[2] if message[1] == STATUS_OK else ():
+            self._unreported.discard(entry[2])
+
+
+async def _main(arguments: argparse.Namespace) -> None:
+    network = replace(NetworkConfig(), frame_size_max=arguments.frame_size_max)
+    events_in, events_out = trio.open_memory_channel(64)
+    host = build_host(bytes(SigningKey.generate()), network, events_in)
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    async with host.run(listen_addrs=[]), trio.open_nursery() as nursery:
+        nursery.start_soon(_drain, events_out)
+        wire = Wire(host, frame_size_max=arguments.frame_size_max,
+                    request_timeout_s=arguments.request_timeout_s, inbound_requests_max=1,
+                    scores=PeerScores())
+        wire.bind(nursery)
+        wire.register(PING_PROTOCOL, answer_ping)  # a provider's liveness check succeeds
+        lane = Lane(host, wire, temp_dir=Path(arguments.temp_dir), durable=arguments.durable,
+                    frame_size_max=arguments.frame_size_max)
+        await lane.serve(stdin, stdout)
+        nursery.cancel_scope.cancel()
+
+
+async def _drain(events: trio.MemoryReceiveChannel[Any]) -> None:
+    async for _event in events:
+        pass  # the lane keeps no connection table of its own
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--temp-dir", required=True)
+    parser.add_argument("--frame-size-max", type=int, required=True)
+    parser.add_argument("--request-timeout-s", type=float, required=True)
+    parser.add_argument("--durable", action="store_true")
+    arguments = parser.parse_args(argv)
+    try:
+        trio.run(_main, arguments)
+    except KeyboardInterrupt:
+        return 130
+    except StorageError as error:
+        print(f"storage lane: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

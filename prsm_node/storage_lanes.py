@@ -1,0 +1,280 @@
+"""The node's transfer lanes: child processes that receive fetched blocks (``storage_lane``).
+
+Rules:
+1. ``storage.fetch_lanes`` lanes at most, started on the first want that needs one and kept
+   while the node runs (a lane costs an interpreter's start, ~1 s, once). A provider sticks
+   to one lane (its wants share that lane's connection and stream, so they pipeline); a new
+   provider goes to the lane with the fewest providers, so the providers of one fetch
+   spread over the cores.
+2. ``request`` never raises for the network: it returns a ``LaneAnswer`` (status ``failed``
+   when the provider did not answer), or None when no lane can take the want (the lane
+   would not start, or died with it): the fetch then asks in-process, as without lanes.
+3. A lane that dies fails its outstanding wants and is started again by the next want,
+   except one that died before it said ready (it cannot start: a broken install, no
+   memory), which is tried again only after ``LANE_RETRY_S``, so wants do not each pay a
+   failed start. Every want waits at most the request timeout plus ``LANE_SLACK_S``.
+4. Files the lane staged for an answer nobody waits for any more (the fetch was cancelled,
+   the want timed out) are removed here; the fetch driver removes those it does not adopt.
+5. Stopping closes each lane's stdin (the lane removes its unreported files and exits),
+   waits ``LANE_STOP_S``, then kills what is left. Lane errors go to the node's stderr.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from prsm_node.net.framing import FrameError, encode_frame, read_frame
+from prsm_node.storage_lane import (
+    LANE_MESSAGE_MAX,
+    READY_SEQ,
+    STATUS_FAILED,
+    STATUS_OK,
+    PipeStream,
+)
+from storage.cid import Cid
+
+log = structlog.get_logger(__name__)
+
+LANE_START_S = 60.0
+"""A lane imports libp2p before it says ready: ~1 s here, far more on a loaded 2-core VM."""
+LANE_SLACK_S = 5.0
+LANE_STOP_S = 5.0
+LANE_RETRY_S = 60.0
+LANE_PEERS_MAX = 1024
+"""Providers remembered with their lane; the least recently used is forgotten past it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlock:
+    cid: Cid
+    size: int
+    temp_name: str  # under the block store's tmp/
+    node: bytes | None  # a dag-pb node's bytes, None for a raw leaf
+
+
+@dataclass(frozen=True, slots=True)
+class LaneAnswer:
+    status: str  # storage_lane.STATUS_*
+    staged: tuple[StagedBlock, ...] = ()
+    frames: tuple[bytes, ...] = ()
+
+
+@dataclass(slots=True)
+class _Lane:
+    number: int
+    process: Any = None
+    starting: bool = False
+    ready: trio.Event = field(default_factory=trio.Event)
+    dead: bool = False
+    said_ready: bool = False
+    died_at: float = 0.0
+    peers: int = 0
+    pending: dict[int, tuple[trio.Event, list[LaneAnswer]]] = field(default_factory=dict)
+    write_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+class TransferLanes:
+    """Start, feed and stop the lanes (module rules); ``run`` owns their tasks."""
+
+    def __init__(self, *, count: int, temp_dir: Path, frame_size_max: int,
+                 request_timeout_s: float, durable: bool) -> None:
+        self.count = count
+        self._temp_dir = temp_dir
+        self._frame_size_max = frame_size_max
+        self._request_timeout_s = request_timeout_s
+        self._durable = durable
+        self._lanes = [_Lane(number) for number in range(count)]
+        self._lane_of: OrderedDict[str, _Lane] = OrderedDict()
+        self._seq = READY_SEQ
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+        self.started = self.died = self.orphans_removed = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._stopping = True  # the lanes end now: no deaths to report
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+
+    async def request(self, peer: str, addresses: tuple[str, ...], cid: Cid) -> LaneAnswer | None:
+        """Have a lane fetch ``cid`` from ``peer`` (rule 2)."""
+        lane = await self._started_lane(peer)
+        if lane is None:
+            return None
+        self._seq += 1
+        seq = self._seq
+        done, slot = trio.Event(), []
+        lane.pending[seq] = (done, slot)
+        try:
+            frame = encode_frame([seq, peer, list(addresses), cid.to_bytes()], LANE_MESSAGE_MAX)
+            async with lane.write_lock:
+                await lane.process.stdin.send_all(frame)
+            with trio.move_on_after(self._request_timeout_s + LANE_SLACK_S):
+                await done.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._lane_died(lane, "its stdin closed")
+        finally:
+            lane.pending.pop(seq, None)
+        if not slot:
+            return None if lane.dead else LaneAnswer(STATUS_FAILED)
+        return slot[0]
+
+    def statistics(self) -> dict[str, int]:
+        return {"lanes_running": sum(1 for lane in self._lanes if lane.ready.is_set()
+                                     and not lane.dead),
+                "lanes_started": self.started, "lanes_died": self.died,
+                "lane_orphans_removed": self.orphans_removed}
+
+    # -- lanes ------------------------------------------------------------------------
+
+    async def _started_lane(self, peer: str) -> _Lane | None:
+        """The lane of ``peer`` (rule 1), started if it is not; None if it cannot be."""
+        if self._nursery is None or self._stopping:
+            return None
+        lane = self._lane_of.get(peer)
+        if lane is None:
+            lane = min(self._lanes, key=lambda candidate: (candidate.peers, candidate.number))
+            lane.peers += 1
+            self._lane_of[peer] = lane
+            if len(self._lane_of) > LANE_PEERS_MAX:  # forget the least recent provider
+                _oldest, its_lane = self._lane_of.popitem(last=False)
+                its_lane.peers -= 1
+        self._lane_of.move_to_end(peer)
+        if lane.dead and not lane.said_ready \
+                and trio.current_time() < lane.died_at + LANE_RETRY_S:
+            return None  # rule 3: it could not start a moment ago
+        if lane.dead:  # rule 3: a fresh process in its place, with its providers
+            lane = self._replace(lane)
+        if not lane.starting:
+            lane.starting = True  # later wants wait for ready
+            self._nursery.start_soon(self._run_lane, lane)
+        with trio.move_on_after(LANE_START_S):
+            await lane.ready.wait()
+        return lane if lane.ready.is_set() and not lane.dead else None
+
+    def _replace(self, dead: _Lane) -> _Lane:
+        lane = self._lanes[dead.number] = _Lane(dead.number, peers=dead.peers)
+        for peer, assigned in self._lane_of.items():
+            if assigned is dead:
+                self._lane_of[peer] = lane
+        return lane
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        command = [sys.executable, "-m", "prsm_node.storage_lane",
+                   "--temp-dir", str(self._temp_dir),
+                   "--frame-size-max", str(self._frame_size_max),
+                   "--request-timeout-s", f"{self._request_timeout_s:g}"]
+        if self._durable:
+            command.append("--durable")
+        try:
+            # Its own session: a signal to the node's process group (Ctrl-C) reaches the
+            # node, which stops the lanes in order (rule 5); a lane outlives nothing, as
+            # it exits when its stdin ends.
+            lane.process = await trio.lowlevel.open_process(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+        except OSError as error:
+            log.warning("storage.lane_start_failed", lane=lane.number, error=str(error))
+            self._lane_died(lane, f"cannot start: {error}")
+            return
+        self.started += 1
+        try:
+            await self._read_answers(lane)
+        finally:
+            self._lane_died(lane, "its output ended")
+            with trio.CancelScope(shield=True):
+                await self._stop(lane)
+
+    async def _read_answers(self, lane: _Lane) -> None:
+        reader = PipeStream(lane.process.stdout)
+        limit = self._frame_size_max + LANE_MESSAGE_MAX
+        while True:
+            try:
+                seq, status, staged, frames = await read_frame(reader, limit)
+            except (FrameError, ValueError, TypeError, trio.BrokenResourceError,
+                    trio.ClosedResourceError) as error:
+                if not isinstance(error, FrameError) or "ended" not in str(error):
+                    log.warning("storage.lane_output_invalid", lane=lane.number,
+                                error=str(error))
+                return
+            if seq == READY_SEQ:
+                log.info("storage.lane_ready", lane=lane.number, peer_id=status,
+                         pid=lane.process.pid)
+                lane.said_ready = True
+                lane.ready.set()
+                continue
+            answer = LaneAnswer(
+                status,
+                tuple(StagedBlock(Cid.from_bytes(c), size, name, node)
+                      for c, size, name, node in staged),
+                tuple(frames))
+            waiting = lane.pending.get(seq)
+            if waiting is None:
+                self._remove_orphans(answer)
+                continue
+            done, slot = waiting
+            slot.append(answer)
+            done.set()
+
+    def _remove_orphans(self, answer: LaneAnswer) -> None:
+        """Rule 4: nobody adopts these files."""
+        for block in answer.staged if answer.status == STATUS_OK else ():
+            (self._temp_dir / block.temp_name).unlink(missing_ok=True)
+            self.orphans_removed += 1
+
+    def _lane_died(self, lane: _Lane, reason: str) -> None:
+        if lane.dead:
+            return
+        lane.dead = True
+        lane.died_at = trio.current_time()
+        lane.ready.set()  # wake wants waiting for it to start: they see it dead
+        if not self._stopping:
+            self.died += 1
+            log.warning("storage.lane_died", lane=lane.number, reason=reason,
+                        pending=len(lane.pending))
+        for done, _slot in lane.pending.values():
+            done.set()
+
+    async def _stop(self, lane: _Lane) -> None:
+        process = lane.process
+        if process is None:
+            return
+        if process.stdin is not None:
+            with trio.move_on_after(1):
+                await process.stdin.aclose()
+        with trio.move_on_after(LANE_STOP_S):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    async def _stop_all(self) -> None:
+        for lane in self._lanes:
+            lane.dead = True
+        async with trio.open_nursery() as nursery:
+            for lane in self._lanes:
+                nursery.start_soon(self._stop, lane)
+
+
+def lanes_wanted(configured: int, cpu_count: int | None) -> int:
+    """``storage.fetch_lanes``: -1 picks one lane per core beyond three, up to four (on
+    fewer than 4 cores the lanes would take CPU from the providers and the node alike)."""
+    if configured >= 0:
+        return configured
+    cores = cpu_count or 1
+    return 0 if cores < 4 else min(4, cores - 3)

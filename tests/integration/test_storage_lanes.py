@@ -1,0 +1,202 @@
+"""Transfer lanes: real lane processes fetching from real libp2p hosts in this test process.
+
+A provider here is a host from the node's own builder serving ``/prsm/blocks/1.0.0`` from a
+dict, honestly or not; the lanes are ``prsm_node.storage_lane`` processes started by a
+``TransferLanes`` as the node starts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from prsm_node.storage_fetch import BLOCKS_PROTOCOL
+from prsm_node.storage_lane import STATUS_FAILED, STATUS_OK
+from prsm_node.storage_lanes import TransferLanes, lanes_wanted
+from storage.cid import Cid, raw_cid
+from storage.exchange_messages import (
+    BlockReply,
+    DontHave,
+    WantBlocks,
+    answer_want,
+    decode_message,
+    encode_message,
+)
+from tests.net.hosts import wired_host
+
+pytestmark = pytest.mark.multiprocess
+
+MIB = 1024 * 1024
+DEADLINE_S = 60
+
+
+@contextlib.asynccontextmanager
+async def provider(blocks: dict[Cid, bytes], *, corrupt: bool = False,
+                   hold: trio.Event | None = None) -> AsyncIterator[tuple[str, tuple[str, ...],
+                                                                          list[str]]]:
+    """(peer id, addresses, peers that asked) of a host serving ``blocks``; ``corrupt``
+    appends a byte to every block, ``hold`` keeps answers back until it is set."""
+    asked: list[str] = []
+
+    async def serve(peer: str, payload: Any) -> list[bytes]:
+        want = decode_message(payload)
+        assert isinstance(want, WantBlocks)
+        asked.append(peer)
+        if hold is not None:
+            await hold.wait()
+        replies = answer_want(want, blocks.get)
+        if corrupt:
+            replies = [BlockReply(request_id=r.request_id, cid=r.cid, data=r.data + b"!")
+                       if isinstance(r, BlockReply) else r for r in replies]
+        return [encode_message(reply) for reply in replies]
+
+    async with wired_host(frame_size_max=2 * MIB) as (host, wire):
+        wire.register(BLOCKS_PROTOCOL, serve)
+        addresses = tuple(str(address) for address in host.get_addrs())
+        yield host.get_id().to_base58(), addresses, asked
+
+
+@contextlib.asynccontextmanager
+async def running_lanes(temp_dir: Path, count: int) -> AsyncIterator[TransferLanes]:
+    lanes = TransferLanes(count=count, temp_dir=temp_dir, frame_size_max=2 * MIB,
+                          request_timeout_s=20, durable=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lanes.run)
+        yield lanes
+        nursery.cancel_scope.cancel()
+
+
+async def poll(condition: Callable[[], bool], what: str) -> None:
+    with trio.fail_after(DEADLINE_S):
+        while not condition():
+            await trio.sleep(0.05)
+    assert condition(), what
+
+
+def some_blocks(count: int, size: int = 200_000) -> dict[Cid, bytes]:
+    datas = [os.urandom(size) for _ in range(count)]
+    return {raw_cid(data): data for data in datas}
+
+
+async def test_lanes_stage_verified_blocks_and_spread_providers_over_lanes(
+    short_dir: Path,
+) -> None:
+    blocks = some_blocks(6)
+    cids = list(blocks)
+    async with provider(blocks) as (p1, a1, asked1), provider(blocks) as (p2, a2, asked2), \
+            running_lanes(short_dir, 2) as lanes:
+        answers = {}
+
+        async def fetch(peer: str, addresses: tuple[str, ...], cid: Cid) -> None:
+            answers[cid] = await lanes.request(peer, addresses, cid)
+
+        async with trio.open_nursery() as nursery:
+            for index, cid in enumerate(cids):
+                peer, addresses = (p1, a1) if index % 2 else (p2, a2)
+                nursery.start_soon(fetch, peer, addresses, cid)
+        for cid in cids:
+            answer = answers[cid]
+            assert answer is not None and answer.status == STATUS_OK and not answer.frames
+            [staged] = answer.staged
+            assert staged.cid == cid and staged.size == len(blocks[cid]) and staged.node is None
+            assert (short_dir / staged.temp_name).read_bytes() == blocks[cid]
+        # Each provider saw one lane, and not the same one: the two lanes shared the work.
+        assert len(set(asked1)) == len(set(asked2)) == 1 and set(asked1) != set(asked2)
+        assert lanes.statistics()["lanes_started"] == 2
+
+
+async def test_a_wrong_block_or_dont_have_comes_back_as_the_frame(short_dir: Path) -> None:
+    blocks = some_blocks(1)
+    [cid] = blocks
+    missing = raw_cid(b"nobody has this")
+    async with provider(blocks, corrupt=True) as (peer, addresses, _asked), \
+            running_lanes(short_dir, 1) as lanes:
+        wrong = await lanes.request(peer, addresses, cid)
+        absent = await lanes.request(peer, addresses, missing)
+    assert wrong is not None and wrong.status == STATUS_OK and not wrong.staged
+    [frame] = wrong.frames
+    reply = decode_message(frame)
+    assert isinstance(reply, BlockReply) and reply.data == blocks[cid] + b"!"
+    assert absent is not None and not absent.staged
+    assert isinstance(decode_message(absent.frames[0]), DontHave)
+    assert list(short_dir.iterdir()) == []  # nothing staged for either
+
+
+async def test_an_unreachable_provider_fails_the_want(short_dir: Path) -> None:
+    async with running_lanes(short_dir, 1) as lanes:
+        # A peer id that nobody serves, at an address where nothing listens.
+        async with provider({}) as (peer, _addresses, _asked):
+            pass
+        answer = await lanes.request(peer, ("/ip4/127.0.0.1/tcp/9",), raw_cid(b"x"))
+    assert answer is not None and answer.status == STATUS_FAILED
+
+
+async def test_a_killed_lane_fails_its_wants_and_the_next_want_starts_it_again(
+    short_dir: Path,
+) -> None:
+    blocks = some_blocks(2)
+    first, second = blocks
+    hold = trio.Event()
+    async with provider(blocks, hold=hold) as (peer, addresses, asked), \
+            running_lanes(short_dir, 1) as lanes:
+        outcome: list[Any] = []
+
+        async def fetch_first() -> None:
+            outcome.append(await lanes.request(peer, addresses, first))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch_first)
+            await poll(lambda: bool(asked), "the lane asking the provider")
+            [lane] = lanes._lanes
+            os.kill(lane.process.pid, signal.SIGKILL)
+        assert outcome == [None]  # no lane: the fetch would ask in-process
+        hold.set()
+        again = await lanes.request(peer, addresses, second)
+        assert again is not None and again.status == STATUS_OK
+        assert (short_dir / again.staged[0].temp_name).read_bytes() == blocks[second]
+        statistics = lanes.statistics()
+        assert statistics["lanes_started"] == 2 and statistics["lanes_died"] == 1
+
+
+async def test_an_answer_nobody_waits_for_leaves_no_file(short_dir: Path) -> None:
+    blocks = some_blocks(1)
+    [cid] = blocks
+    hold = trio.Event()
+    async with provider(blocks, hold=hold) as (peer, addresses, asked), \
+            running_lanes(short_dir, 1) as lanes:
+        scope = trio.CancelScope()
+
+        async def give_up() -> None:
+            with scope:
+                await lanes.request(peer, addresses, cid)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(give_up)
+            await poll(lambda: bool(asked), "the lane asking the provider")
+            scope.cancel()
+        hold.set()
+        await poll(lambda: lanes.orphans_removed == 1, "the orphaned file removed")
+        assert list(short_dir.iterdir()) == []
+
+
+async def test_stopping_ends_every_lane_process(short_dir: Path) -> None:
+    blocks = some_blocks(1)
+    async with provider(blocks) as (peer, addresses, _asked):
+        async with running_lanes(short_dir, 2) as lanes:
+            answer = await lanes.request(peer, addresses, next(iter(blocks)))
+            assert answer is not None and answer.status == STATUS_OK
+            processes = [lane.process for lane in lanes._lanes if lane.process is not None]
+        assert processes and all(process.returncode is not None for process in processes)
+
+
+def test_the_default_lane_count_follows_the_cores() -> None:
+    assert [lanes_wanted(-1, cores) for cores in (None, 1, 2, 3, 4, 5, 8, 64)] == \
+        [0, 0, 0, 0, 1, 2, 4, 4]
+    assert lanes_wanted(0, 64) == 0 and lanes_wanted(3, 1) == 3
