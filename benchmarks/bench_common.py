@@ -5,6 +5,7 @@ Scripts run as `python benchmarks/NAME.py`, so this directory is on sys.path fir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,16 @@ def cpu_seconds(pid: int) -> float:
     """user + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds_with_children(pid: int) -> float:
+    """``cpu_seconds`` of a process and of every live process under it (a node's transfer
+    lanes): those still running, which /proc's cutime does not count yet."""
+    total = cpu_seconds(pid)
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            total += cpu_seconds(child.pid)
+    return total
 
 
 def report(figures: dict[str, Any], out: Path | None) -> None:

@@ -15,9 +15,11 @@ the other on the same machine, it measures:
   own fetch duration (``duration_ms``: provider lookup, transfer, verification and storage,
   not writing the output file).
 ``--no-fsync`` sets ``storage.fsync = false`` on the nodes (the local figures are
-measured both ways in every run). ``--profile`` runs node3 under cProfile (its main
-thread: the event loop; worker threads are not seen) and prints its top functions; the
-profile slows node3, so do not record the figures of a profiled run. Asserts nothing.
+measured both ways in every run); ``--lanes N`` sets ``storage.fetch_lanes`` (the node's
+default, -1, runs lanes from 4 cores on). A node's CPU figure includes its lanes.
+``--profile`` runs node3 under cProfile (its main thread: the event loop; worker threads and
+lanes are not seen) and prints its top functions; the profile slows node3, so do not record
+the figures of a profiled run. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_common import cpu_seconds
+from benchmarks.bench_common import cpu_seconds_with_children
 from benchmarks.bench_storage import local_figures
 from prsm_node.devnet import Devnet, devnet_init, wait_for
+from prsm_node.storage_lanes import lanes_wanted
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -206,18 +209,31 @@ def fetch(devnet: Devnet, index: int, cid: str) -> dict:
 
 
 def nodes_cpu_seconds(devnet: Devnet) -> list[float]:
-    """CPU seconds used so far by each node process."""
-    return [cpu_seconds(devnet.pid(index)) for index in range(NODES)]
+    """CPU seconds used so far by each node process and its transfer lanes."""
+    return [cpu_seconds_with_children(devnet.pid(index)) for index in range(NODES)]
 
 
-def set_fsync(devnet: Devnet, fsync: bool) -> None:
+def set_storage(devnet: Devnet, **storage: object) -> None:
     from prsm_node.config import load_config, render_toml
     from prsm_node.datadir import DataDir
 
     for node in devnet.nodes:
         path = DataDir(node.data_dir).config_file
         config = load_config(path)
-        path.write_text(render_toml(replace(config, storage=replace(config.storage, fsync=fsync))))
+        path.write_text(render_toml(replace(config, storage=replace(config.storage, **storage))))
+
+
+def wait_for_lanes(devnet: Devnet, configured: int) -> None:
+    """Every node's transfer lanes running: the figures are a running node's, not its
+    start's (a lane's interpreter starts with the node, in the background)."""
+    count = lanes_wanted(configured, os.cpu_count())
+    for index in range(NODES):
+        wait_for(
+            lambda i=index: devnet.call(i, "store_stat")["counters"].get("lanes_running", 0)
+            == count,
+            120,
+            f"node{index}'s {count} transfer lanes",
+        )
 
 
 def write_source(path: Path, size: int) -> None:
@@ -287,6 +303,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-fsync", action="store_true", help="nodes with storage.fsync off")
+    parser.add_argument("--lanes", type=int, help="storage.fetch_lanes of the nodes")
     parser.add_argument("--raw-role", choices=("receive", "send"), help=argparse.SUPPRESS)
     parser.add_argument("--raw-address", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -306,6 +323,9 @@ def main() -> None:
         "python": platform.python_version(),
         "size_bytes": size,
         "nodes_fsync": not args.no_fsync,
+        "nodes_fetch_lanes": args.lanes if args.lanes is not None else "default",
+        "fetch_lanes_each": lanes_wanted(-1 if args.lanes is None else args.lanes,
+                                         os.cpu_count()),
     }
     with tempfile.TemporaryDirectory(prefix="bench-net-", dir="/tmp") as scratch:
         directory = Path(scratch)
@@ -328,8 +348,10 @@ def main() -> None:
               f" {raw_cpu})")
         profile = directory / "node3.prof" if args.profile else None
         with ProfiledDevnet(devnet_init(directory / "net", NODES)) as devnet:
-            set_fsync(devnet, not args.no_fsync)
+            lanes = {} if args.lanes is None else {"fetch_lanes": args.lanes}
+            set_storage(devnet, fsync=not args.no_fsync, **lanes)
             start_devnet(devnet, profile=profile)
+            wait_for_lanes(devnet, -1 if args.lanes is None else args.lanes)
             cid, add_s = cli_add(devnet, source)
             results["cli_add_mb_per_s"] = round(size / add_s / MB, 1)
             print(

@@ -1,18 +1,19 @@
 """The node's transfer lanes: child processes that receive fetched blocks (``storage_lane``).
 
 Rules:
-1. ``storage.fetch_lanes`` lanes at most, started on the first want that needs one and kept
-   while the node runs (a lane costs an interpreter's start, ~1 s, once). A provider sticks
-   to one lane (its wants share that lane's connection and stream, so they pipeline); a new
-   provider goes to the lane with the fewest providers, so the providers of one fetch
-   spread over the cores.
-2. ``request`` never raises for the network: it returns a ``LaneAnswer`` (status ``failed``
-   when the provider did not answer), or None when no lane can take the want (the lane
-   would not start, or died with it): the fetch then asks in-process, as without lanes.
-3. A lane that dies fails its outstanding wants and is started again by the next want,
-   except one that died before it said ready (it cannot start: a broken install, no
-   memory), which is tried again only after ``LANE_RETRY_S``, so wants do not each pay a
-   failed start. Every want waits at most the request timeout plus ``LANE_SLACK_S``.
+1. ``storage.fetch_lanes`` lanes, started with the storage service and kept while the node
+   runs: a lane costs an interpreter's start (~1 CPU s on the 2-core VM), which a fetch
+   started after it never waits for. A provider sticks to one lane (its wants share that
+   lane's connection and stream, so they pipeline); a new provider goes to the lane with
+   the fewest providers, so the providers of one fetch spread over the cores.
+2. ``request`` never raises for the network and never waits for a lane to start: it
+   returns a ``LaneAnswer`` (status ``failed`` when the provider did not answer), or None
+   when the provider's lane cannot take the want now (starting, or it died with the want):
+   the fetch then asks in-process, as without lanes.
+3. Each lane has a supervisor: a lane that dies fails its outstanding wants and is started
+   again after ``LANE_RESTART_S``; one that died before it said ready (it cannot start: a
+   broken install, no memory) or did not say ready within ``LANE_START_S`` after
+   ``LANE_RETRY_S``. Every want waits at most the request timeout plus ``LANE_SLACK_S``.
 4. Files the lane staged for an answer nobody waits for any more (the fetch was cancelled,
    the want timed out) are removed here; the fetch driver removes those it does not adopt.
 5. Stopping closes each lane's stdin (the lane removes its unreported files and exits),
@@ -47,6 +48,7 @@ LANE_START_S = 60.0
 """A lane imports libp2p before it says ready: ~1 s here, far more on a loaded 2-core VM."""
 LANE_SLACK_S = 5.0
 LANE_STOP_S = 5.0
+LANE_RESTART_S = 1.0
 LANE_RETRY_S = 60.0
 LANE_PEERS_MAX = 1024
 """Providers remembered with their lane; the least recently used is forgotten past it."""
@@ -69,14 +71,12 @@ class LaneAnswer:
 
 @dataclass(slots=True)
 class _Lane:
+    """One run of one lane's process (a restart gets a new one)."""
+
     number: int
     process: Any = None
-    starting: bool = False
-    ready: trio.Event = field(default_factory=trio.Event)
+    ready: bool = False
     dead: bool = False
-    said_ready: bool = False
-    died_at: float = 0.0
-    peers: int = 0
     pending: dict[int, tuple[trio.Event, list[LaneAnswer]]] = field(default_factory=dict)
     write_lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -86,36 +86,33 @@ class TransferLanes:
 
     def __init__(self, *, count: int, temp_dir: Path, frame_size_max: int,
                  request_timeout_s: float, durable: bool) -> None:
+        assert count >= 1
         self.count = count
         self._temp_dir = temp_dir
         self._frame_size_max = frame_size_max
         self._request_timeout_s = request_timeout_s
         self._durable = durable
-        self._lanes = [_Lane(number) for number in range(count)]
-        self._lane_of: OrderedDict[str, _Lane] = OrderedDict()
+        self._lanes = [_Lane(number, dead=True) for number in range(count)]
+        self._providers = [0] * count  # providers assigned to each lane
+        self._lane_of: OrderedDict[str, int] = OrderedDict()
         self._seq = READY_SEQ
-        self._nursery: trio.Nursery | None = None
         self._stopping = False
-        self.started = self.died = self.orphans_removed = 0
+        self.started = self.died = self.orphans_removed = self.blocks_staged = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    self._stopping = True  # the lanes end now: no deaths to report
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True):
-                await self._stop_all()
+        async with trio.open_nursery() as nursery:
+            for number in range(self.count):
+                nursery.start_soon(self._supervise, number)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._stopping = True  # the lanes end now: no deaths to report
 
     async def request(self, peer: str, addresses: tuple[str, ...], cid: Cid) -> LaneAnswer | None:
-        """Have a lane fetch ``cid`` from ``peer`` (rule 2)."""
-        lane = await self._started_lane(peer)
-        if lane is None:
+        """Have the provider's lane fetch ``cid`` from ``peer`` (rule 2)."""
+        lane = self._lanes[self._lane_number(peer)]
+        if not lane.ready or lane.dead:
             return None
         self._seq += 1
         seq = self._seq
@@ -133,47 +130,35 @@ class TransferLanes:
             lane.pending.pop(seq, None)
         if not slot:
             return None if lane.dead else LaneAnswer(STATUS_FAILED)
+        self.blocks_staged += len(slot[0].staged)
         return slot[0]
 
     def statistics(self) -> dict[str, int]:
-        return {"lanes_running": sum(1 for lane in self._lanes if lane.ready.is_set()
-                                     and not lane.dead),
+        return {"lanes_running": sum(1 for lane in self._lanes if lane.ready and not lane.dead),
                 "lanes_started": self.started, "lanes_died": self.died,
+                "lane_blocks_staged": self.blocks_staged,
                 "lane_orphans_removed": self.orphans_removed}
 
     # -- lanes ------------------------------------------------------------------------
 
-    async def _started_lane(self, peer: str) -> _Lane | None:
-        """The lane of ``peer`` (rule 1), started if it is not; None if it cannot be."""
-        if self._nursery is None or self._stopping:
-            return None
-        lane = self._lane_of.get(peer)
-        if lane is None:
-            lane = min(self._lanes, key=lambda candidate: (candidate.peers, candidate.number))
-            lane.peers += 1
-            self._lane_of[peer] = lane
+    def _lane_number(self, peer: str) -> int:
+        number = self._lane_of.get(peer)
+        if number is None:
+            number = min(range(self.count), key=lambda n: (self._providers[n], n))
+            self._providers[number] += 1
+            self._lane_of[peer] = number
             if len(self._lane_of) > LANE_PEERS_MAX:  # forget the least recent provider
-                _oldest, its_lane = self._lane_of.popitem(last=False)
-                its_lane.peers -= 1
+                _oldest, its_number = self._lane_of.popitem(last=False)
+                self._providers[its_number] -= 1
         self._lane_of.move_to_end(peer)
-        if lane.dead and not lane.said_ready \
-                and trio.current_time() < lane.died_at + LANE_RETRY_S:
-            return None  # rule 3: it could not start a moment ago
-        if lane.dead:  # rule 3: a fresh process in its place, with its providers
-            lane = self._replace(lane)
-        if not lane.starting:
-            lane.starting = True  # later wants wait for ready
-            self._nursery.start_soon(self._run_lane, lane)
-        with trio.move_on_after(LANE_START_S):
-            await lane.ready.wait()
-        return lane if lane.ready.is_set() and not lane.dead else None
+        return number
 
-    def _replace(self, dead: _Lane) -> _Lane:
-        lane = self._lanes[dead.number] = _Lane(dead.number, peers=dead.peers)
-        for peer, assigned in self._lane_of.items():
-            if assigned is dead:
-                self._lane_of[peer] = lane
-        return lane
+    async def _supervise(self, number: int) -> None:
+        """Run lane ``number`` while the node runs, starting it again when it ends (rule 3)."""
+        while True:
+            lane = self._lanes[number] = _Lane(number)
+            await self._run_lane(lane)
+            await trio.sleep(LANE_RESTART_S if lane.ready else LANE_RETRY_S)
 
     async def _run_lane(self, lane: _Lane) -> None:
         command = [sys.executable, "-m", "prsm_node.storage_lane",
@@ -189,16 +174,24 @@ class TransferLanes:
             lane.process = await trio.lowlevel.open_process(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
         except OSError as error:
-            log.warning("storage.lane_start_failed", lane=lane.number, error=str(error))
             self._lane_died(lane, f"cannot start: {error}")
             return
         self.started += 1
         try:
-            await self._read_answers(lane)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_start, lane)
+                await self._read_answers(lane)
+                nursery.cancel_scope.cancel()
         finally:
             self._lane_died(lane, "its output ended")
             with trio.CancelScope(shield=True):
                 await self._stop(lane)
+
+    async def _watch_start(self, lane: _Lane) -> None:
+        await trio.sleep(LANE_START_S)
+        if not lane.ready:
+            log.warning("storage.lane_start_timeout", lane=lane.number, after_s=LANE_START_S)
+            lane.process.kill()
 
     async def _read_answers(self, lane: _Lane) -> None:
         reader = PipeStream(lane.process.stdout)
@@ -215,8 +208,7 @@ class TransferLanes:
             if seq == READY_SEQ:
                 log.info("storage.lane_ready", lane=lane.number, peer_id=status,
                          pid=lane.process.pid)
-                lane.said_ready = True
-                lane.ready.set()
+                lane.ready = True
                 continue
             answer = LaneAnswer(
                 status,
@@ -241,12 +233,10 @@ class TransferLanes:
         if lane.dead:
             return
         lane.dead = True
-        lane.died_at = trio.current_time()
-        lane.ready.set()  # wake wants waiting for it to start: they see it dead
         if not self._stopping:
             self.died += 1
             log.warning("storage.lane_died", lane=lane.number, reason=reason,
-                        pending=len(lane.pending))
+                        pending=len(lane.pending), said_ready=lane.ready)
         for done, _slot in lane.pending.values():
             done.set()
 
@@ -262,13 +252,6 @@ class TransferLanes:
         if process.returncode is None:
             process.kill()
             await process.wait()
-
-    async def _stop_all(self) -> None:
-        for lane in self._lanes:
-            lane.dead = True
-        async with trio.open_nursery() as nursery:
-            for lane in self._lanes:
-                nursery.start_soon(self._stop, lane)
 
 
 def lanes_wanted(configured: int, cpu_count: int | None) -> int:

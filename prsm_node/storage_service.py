@@ -20,8 +20,9 @@ Rules:
    (storage_local.add_file, storage_fetch); both push it to Kubo when
    ``storage.kubo_api`` is set (storage_kubo.py).
 5. Transfer lanes (``storage.fetch_lanes``, storage_lanes.py): child processes that receive
-   fetched blocks on other cores. Off while ``storage.kubo_api`` is set: a lane's blocks
-   never enter this process, so there would be no bytes to push.
+   fetched blocks on other cores, started with this service and stopped with it. Off while
+   ``storage.kubo_api`` is set: a lane's blocks never enter this process, so there would be
+   no bytes to push.
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ def test_fetch_of_a_partially_present_dag_fetches_only_the_missing_blocks(
     imported = call(devnet, 1, "store_import_car", {"path": str(partial)})
     assert imported["blocks"] == 4 and imported["pinned"] == []  # incomplete: not pinned
     assert call(devnet, 0, "store_add", {"path": str(source)})["cid"] == str(root)
+    wait_for(lambda: call(devnet, 1, "store_stat")["counters"].get("lanes_running", 0) == lanes,
+             60, "node1's lanes ready")
 
     result = call(devnet, 1, "store_get", {"cid": str(root), "output": str(short_dir / "out")})
     assert (short_dir / "out").read_bytes() == data
@@ -115,6 +117,7 @@ def test_fetch_of_a_partially_present_dag_fetches_only_the_missing_blocks(
     assert result["blocks_fetched"] == len(blocks) - 4
     counters = call(devnet, 1, "store_stat")["counters"]
     assert counters.get("lanes_started", 0) == lanes
+    assert counters.get("lane_blocks_staged", 0) == (len(blocks) - 4 if lanes else 0)
     assert list((devnet.nodes[1].data_dir / "blocks" / "tmp").iterdir()) == []
 
 

@@ -69,6 +69,7 @@ async def running_lanes(temp_dir: Path, count: int) -> AsyncIterator[TransferLan
                           request_timeout_s=20, durable=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(lanes.run)
+        await poll(lambda: lanes.statistics()["lanes_running"] == count, "the lanes ready")
         yield lanes
         nursery.cancel_scope.cancel()
 
@@ -157,7 +158,9 @@ async def test_a_killed_lane_fails_its_wants_and_the_next_want_starts_it_again(
             [lane] = lanes._lanes
             os.kill(lane.process.pid, signal.SIGKILL)
         assert outcome == [None]  # no lane: the fetch would ask in-process
+        assert await lanes.request(peer, addresses, second) is None  # not yet back
         hold.set()
+        await poll(lambda: lanes.statistics()["lanes_running"] == 1, "the lane started again")
         again = await lanes.request(peer, addresses, second)
         assert again is not None and again.status == STATUS_OK
         assert (short_dir / again.staged[0].temp_name).read_bytes() == blocks[second]
@@ -194,6 +197,16 @@ async def test_stopping_ends_every_lane_process(short_dir: Path) -> None:
             assert answer is not None and answer.status == STATUS_OK
             processes = [lane.process for lane in lanes._lanes if lane.process is not None]
         assert processes and all(process.returncode is not None for process in processes)
+
+
+async def test_a_want_never_waits_for_a_lane_to_start(short_dir: Path) -> None:
+    lanes = TransferLanes(count=1, temp_dir=short_dir, frame_size_max=2 * MIB,
+                          request_timeout_s=20, durable=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lanes.run)
+        assert lanes.statistics()["lanes_running"] == 0  # its interpreter is starting
+        assert await lanes.request("12D3KooWPeer", (), raw_cid(b"x")) is None
+        nursery.cancel_scope.cancel()
 
 
 def test_the_default_lane_count_follows_the_cores() -> None:

@@ -94,6 +94,9 @@ async def test_100_mb_through_the_dht_then_from_three_providers_one_killed_one_l
     await trio.to_thread.run_sync(
         wait_for, node2_sees_both_honest_providers, 30, "provider records of node0 and node1"
     )
+    await trio.to_thread.run_sync(
+        wait_for, lambda: rpc(2, "store_stat")["counters"]["lanes_running"] == 2, 60,
+        "node2's two lanes ready")
     in_flight_max = load_config(DataDir(devnet.nodes[2].data_dir).config_file).storage
     in_flight_max = in_flight_max.in_flight_per_peer_max
     output = short_dir / "out.bin"
@@ -132,5 +135,6 @@ async def test_100_mb_through_the_dht_then_from_three_providers_one_killed_one_l
     counters = (await call(2, "store_stat"))["counters"]
     assert counters["peers_blamed"] >= 1
     assert counters["lanes_started"] == 2 and counters["lanes_died"] == 0, counters
+    assert counters["lane_blocks_staged"] >= BLOCKS // 2, counters  # most came through lanes
     leftovers = list((Path(devnet.nodes[2].data_dir) / "blocks" / "tmp").iterdir())
     assert not leftovers, leftovers  # every lane file adopted or removed
