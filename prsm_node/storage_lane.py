@@ -24,6 +24,8 @@ Rules:
    report.
 4. Hashing and the file write run in a worker thread (both release the GIL), so the lane's
    event loop keeps reading the stream meanwhile.
+5. A connection to a provider with no want in flight for ``--idle-close-s`` is closed: a
+   lane must not hold a slot of the provider's ``network.peers_max`` between fetches.
 
 Pipe messages: the node sends ``[seq, peer, [address, ...], cid_bytes]``; the lane answers
 ``[seq, status, staged, frames]`` with status ``ok``, ``failed`` (no answer: dial, stream or
@@ -35,6 +37,7 @@ first message on stdout, once the host runs, is ``[0, peer_id, [], []]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -59,6 +62,9 @@ from storage.errors import InvalidMessageError, StorageError
 from storage.exchange_messages import BlockReply, WantBlocks, decode_message, encode_message
 
 READY_SEQ = 0
+IDLE_CLOSE_S = 30.0
+DIAL_ADDRESSES_MAX = 8
+DIAL_TIMEOUT_S = 10.0
 LANE_MESSAGE_MAX = 64 * 1024
 """A want from the node: a peer id, a few addresses and a CID."""
 STATUS_OK, STATUS_FAILED, STATUS_MALFORMED = "ok", "failed", "malformed"
@@ -91,16 +97,19 @@ class Lane:
     """The lane's event loop side: one task per want (module rules)."""
 
     def __init__(self, host: Any, wire: Any, *, temp_dir: Path, durable: bool,
-                 frame_size_max: int) -> None:
+                 frame_size_max: int, idle_close_s: float = IDLE_CLOSE_S) -> None:
         self._host = host
         self._wire = wire
         self._temp_dir = temp_dir
         self._durable = durable
         self._frame_size_max = frame_size_max
+        self._idle_close_s = idle_close_s
         self._names = itertools.count()
         self._unreported: set[str] = set()
         self._out_lock = trio.Lock()
         self._connecting: dict[str, trio.Lock] = {}
+        self._in_flight: dict[str, int] = {}  # wants in flight per provider
+        self._idle_since: dict[str, float] = {}  # providers with none, since when
 
     async def serve(self, stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> None:
         self._stdout = stdout
@@ -108,6 +117,7 @@ class Lane:
         reader = PipeStream(stdin)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._close_idle)
                 while True:
                     try:
                         want = await read_frame(reader, LANE_MESSAGE_MAX)
@@ -120,7 +130,28 @@ class Lane:
                 (self._temp_dir / name).unlink(missing_ok=True)
 
     async def _fetch(self, seq: int, peer: str, addresses: list[str], cid_bytes: bytes) -> None:
-        cid = Cid.from_bytes(cid_bytes)
+        self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+        self._idle_since.pop(peer, None)
+        try:
+            await self._fetch_one(seq, peer, addresses, Cid.from_bytes(cid_bytes))
+        finally:
+            self._in_flight[peer] -= 1
+            if not self._in_flight[peer]:
+                del self._in_flight[peer]
+                self._idle_since[peer] = trio.current_time()
+
+    async def _close_idle(self) -> None:
+        """Rule 5."""
+        while True:
+            await trio.sleep(self._idle_close_s / 2)
+            now = trio.current_time()
+            for peer, since in list(self._idle_since.items()):
+                if now - since >= self._idle_close_s:
+                    del self._idle_since[peer]
+                    with contextlib.suppress(Exception):  # already gone: nothing to close
+                        await self._host.disconnect(ID.from_base58(peer))
+
+    async def _fetch_one(self, seq: int, peer: str, addresses: list[str], cid: Cid) -> None:
         answer = None
         if await self._reach(peer, addresses):
             want = encode_message(WantBlocks(request_id=seq, cids=(cid,)))
@@ -161,18 +192,25 @@ class Lane:
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return True
         lock = self._connecting.setdefault(peer, trio.Lock())
-        async with lock:  # one dial per provider, however many wants wait for it
-            if self._host.get_network().get_connections(ID.from_base58(peer)):
-                return True
-            for address in addresses[:8]:
-                if not address.endswith(f"/p2p/{peer}"):
-                    address += f"/p2p/{peer}"
-                with trio.move_on_after(10):
-                    try:
-                        await dial(self._host, address)
-                        return True
-                    except Exception:  # libp2p raises many unrelated types on a dial
-                        continue
+        try:
+            async with lock:  # one dial per provider, however many wants wait for it
+                return await self._dial(peer, addresses)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._connecting.pop(peer, None)
+
+    async def _dial(self, peer: str, addresses: list[str]) -> bool:
+        if self._host.get_network().get_connections(ID.from_base58(peer)):
+            return True
+        for address in addresses[:DIAL_ADDRESSES_MAX]:
+            if not address.endswith(f"/p2p/{peer}"):
+                address += f"/p2p/{peer}"
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                try:
+                    await dial(self._host, address)
+                    return True
+                except Exception:  # libp2p raises many unrelated types on a dial
+                    continue
         return False
 
     async def _answer(self, message: list[Any]) -> None:
@@ -197,7 +235,8 @@ async def _main(arguments: argparse.Namespace) -> None:
         wire.bind(nursery)
         wire.register(PING_PROTOCOL, answer_ping)  # a provider's liveness check succeeds
         lane = Lane(host, wire, temp_dir=Path(arguments.temp_dir), durable=arguments.durable,
-                    frame_size_max=arguments.frame_size_max)
+                    frame_size_max=arguments.frame_size_max,
+                    idle_close_s=arguments.idle_close_s)
         await lane.serve(stdin, stdout)
         nursery.cancel_scope.cancel()
 
@@ -213,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frame-size-max", type=int, required=True)
     parser.add_argument("--request-timeout-s", type=float, required=True)
     parser.add_argument("--durable", action="store_true")
+    parser.add_argument("--idle-close-s", type=float, default=IDLE_CLOSE_S)
     arguments = parser.parse_args(argv)
     try:
         trio.run(_main, arguments)

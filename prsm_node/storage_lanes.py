@@ -34,6 +34,7 @@ import trio
 
 from prsm_node.net.framing import FrameError, encode_frame, read_frame
 from prsm_node.storage_lane import (
+    IDLE_CLOSE_S,
     LANE_MESSAGE_MAX,
     READY_SEQ,
     STATUS_FAILED,
@@ -85,13 +86,15 @@ class TransferLanes:
     """Start, feed and stop the lanes (module rules); ``run`` owns their tasks."""
 
     def __init__(self, *, count: int, temp_dir: Path, frame_size_max: int,
-                 request_timeout_s: float, durable: bool) -> None:
+                 request_timeout_s: float, durable: bool,
+                 idle_close_s: float = IDLE_CLOSE_S) -> None:
         assert count >= 1
         self.count = count
         self._temp_dir = temp_dir
         self._frame_size_max = frame_size_max
         self._request_timeout_s = request_timeout_s
         self._durable = durable
+        self._idle_close_s = idle_close_s
         self._lanes = [_Lane(number, dead=True) for number in range(count)]
         self._providers = [0] * count  # providers assigned to each lane
         self._lane_of: OrderedDict[str, int] = OrderedDict()
@@ -164,7 +167,8 @@ class TransferLanes:
         command = [sys.executable, "-m", "prsm_node.storage_lane",
                    "--temp-dir", str(self._temp_dir),
                    "--frame-size-max", str(self._frame_size_max),
-                   "--request-timeout-s", f"{self._request_timeout_s:g}"]
+                   "--request-timeout-s", f"{self._request_timeout_s:g}",
+                   "--idle-close-s", f"{self._idle_close_s:g}"]
         if self._durable:
             command.append("--durable")
         try:

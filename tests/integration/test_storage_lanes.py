@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from prsm_node.storage_fetch import BLOCKS_PROTOCOL
 from prsm_node.storage_lane import STATUS_FAILED, STATUS_OK
@@ -60,13 +61,15 @@ async def provider(blocks: dict[Cid, bytes], *, corrupt: bool = False,
     async with wired_host(frame_size_max=2 * MIB) as (host, wire):
         wire.register(BLOCKS_PROTOCOL, serve)
         addresses = tuple(str(address) for address in host.get_addrs())
+        hosts[host.get_id().to_base58()] = host
         yield host.get_id().to_base58(), addresses, asked
 
 
 @contextlib.asynccontextmanager
-async def running_lanes(temp_dir: Path, count: int) -> AsyncIterator[TransferLanes]:
+async def running_lanes(temp_dir: Path, count: int,
+                        idle_close_s: float = 30) -> AsyncIterator[TransferLanes]:
     lanes = TransferLanes(count=count, temp_dir=temp_dir, frame_size_max=2 * MIB,
-                          request_timeout_s=20, durable=False)
+                          request_timeout_s=20, durable=False, idle_close_s=idle_close_s)
     async with trio.open_nursery() as nursery:
         await nursery.start(lanes.run)
         await poll(lambda: lanes.statistics()["lanes_running"] == count, "the lanes ready")
@@ -79,6 +82,9 @@ async def poll(condition: Callable[[], bool], what: str) -> None:
         while not condition():
             await trio.sleep(0.05)
     assert condition(), what
+
+
+hosts: dict[str, Any] = {}  # provider peer id -> its host, for connection checks
 
 
 def some_blocks(count: int, size: int = 200_000) -> dict[Cid, bytes]:
@@ -187,6 +193,18 @@ async def test_an_answer_nobody_waits_for_leaves_no_file(short_dir: Path) -> Non
         hold.set()
         await poll(lambda: lanes.orphans_removed == 1, "the orphaned file removed")
         assert list(short_dir.iterdir()) == []
+
+
+async def test_a_lane_hangs_up_on_a_provider_it_no_longer_asks(short_dir: Path) -> None:
+    blocks = some_blocks(1)
+    async with provider(blocks) as (peer, addresses, asked), \
+            running_lanes(short_dir, 1, idle_close_s=0.5) as lanes:
+        answer = await lanes.request(peer, addresses, next(iter(blocks)))
+        assert answer is not None and answer.status == STATUS_OK
+        network = hosts[peer].get_network()
+        lane_peer = ID.from_base58(asked[0])
+        assert network.get_connections(lane_peer)
+        await poll(lambda: not network.get_connections(lane_peer), "the lane hanging up")
 
 
 async def test_stopping_ends_every_lane_process(short_dir: Path) -> None:
