@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -46,6 +47,13 @@ def write_deterministic(path: Path, size: int, seed: int) -> str:
             digest.update(chunk)
             stream.write(chunk)
     return digest.hexdigest()
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def sha256_of(path: Path) -> str:
@@ -112,12 +120,19 @@ async def test_100_mb_through_the_dht_then_from_three_providers_one_killed_one_l
             fetches = rpc(2, "store_stat")["fetches"]
             return bool(fetches) and fetches[0]["bytes_by_peer"].get(peer[1], 0) >= KILL_AFTER
 
+        victim_lanes = [child for child in psutil.Process(devnet.pid(1)).children()
+                        if "prsm_node.storage_lane" in child.cmdline()]
+        assert len(victim_lanes) == 2, victim_lanes
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch)
             await trio.to_thread.run_sync(
                 wait_for, victim_has_served, 60, "node2 fetching blocks from node1"
             )
             await trio.to_thread.run_sync(devnet.kill, 1)
+        # A SIGKILLed node's lanes see their stdin end and exit: no orphan processes.
+        await trio.to_thread.run_sync(
+            wait_for, lambda: not any(map(alive, victim_lanes)), 30,
+            "node1's lanes exiting after node1 was killed")
         assert wants, "the liar was never asked for a block"
         assert len(wants) <= in_flight_max, "the liar was asked again after it lied"
 
