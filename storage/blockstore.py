@@ -13,6 +13,8 @@ Rules:
    add`` pins its root). A crash leaves at worst temp files (removed at the next open) or
    files without an index row (adopted by ``verify``); never a partial block under a real
    name, since a rename is atomic, and never a row whose file a crash could take back.
+   A batch of hashed blocks may also adopt a file that a transfer lane of the node hashed
+   and wrote under ``tmp/`` (``BlockBatch.adopt``): from there it goes the way of a put.
 2. Checked before the write and after the read (paired assertions, STYLE.md): ``put``
    refuses bytes that do not hash to their CID; ``get`` rehashes and quarantines a block
    that the disk corrupted, then raises ``CorruptBlockError``.

@@ -9,6 +9,9 @@ Rules:
    that a crash or power cut could take back, and no final name ever points at data that
    was not yet on the disk. Without ``durable`` the same order holds against a killed
    process (a rename is atomic), not against a power cut.
+   ``FileBatch.adopt`` takes a file that another process of the node (a transfer lane)
+   wrote whole under a temp name: from there it is staged like the others, and the same
+   order holds (its fsync comes in ``publish``).
 2. Writeback starts as each file is staged (Linux ``sync_file_range`` with
    ``SYNC_FILE_RANGE_WRITE``), so the disk is already writing the first files while later
    ones are produced, and the fsyncs of ``publish`` mostly wait for I/O in flight. That
@@ -212,10 +215,6 @@ class BackgroundWriter:
         except BaseException:
             self._slots.release()
             raise
-
-    def adopt(self, files: FileBatch, final: Path, temp_name: str) -> None:
-        """Queue ``files.adopt(final, temp_name)`` (in order with the stage writes)."""
-        self.stage(files, final, None, temp_name)
 
     def publish(self, files: FileBatch) -> None:
         """Queue ``files.publish()`` after the writes queued so far; the caller must not
