@@ -19,7 +19,8 @@ blames liars and retires silent peers; this shell performs its effects:
   the batch (``BlockBatch.adopt``). A lane file fed to a step and not adopted by it (a
   duplicate, a dropped peer, a session already ended) is removed after the step; those
   still queued when the fetch ends, after it. Without a lane (none configured, or it died)
-  the want is asked in-process as below.
+  the want is asked in-process as below, and so are all wants to a provider that a lane
+  could not dial (it may have dialled us from behind a NAT: our connection still works).
 - SendWant: one wire request per CID (the wire answers each request with one frame capped
   at ``network.frame_size_max``, and a reply of eight 1 MiB blocks would not fit); the
   requests share the peer's long-lived stream, so they pipeline. Answers come back as
@@ -125,6 +126,7 @@ class FetchDriver:
         self._timer_order = itertools.count()
         self._added: set[str] = set()
         self._addresses: dict[str, tuple[str, ...]] = {}
+        self._lanes_cannot_dial: set[str] = set()
         self._excluded: set[str] = set()
         self._failures: dict[str, int] = {}
         self._stalled = False
@@ -281,10 +283,12 @@ class FetchDriver:
         return events
 
     async def _request(self, peer: str, request_id: int, cid: Cid) -> None:
-        if self._network.lane_request is not None:
+        if self._network.lane_request is not None and peer not in self._lanes_cannot_dial:
             lane_answer = await self._network.lane_request(
                 peer, self._addresses.get(peer, ()), cid)
-            if lane_answer is not None:
+            if lane_answer is not None and lane_answer.status == "unreachable":
+                self._lanes_cannot_dial.add(peer)  # module header: in-process from now on
+            elif lane_answer is not None:
                 await self._lane_answered(peer, request_id, lane_answer)
                 return
         want = encode_message(WantBlocks(request_id=request_id, cids=(cid,)))

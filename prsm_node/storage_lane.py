@@ -28,8 +28,10 @@ Rules:
    lane must not hold a slot of the provider's ``network.peers_max`` between fetches.
 
 Pipe messages: the node sends ``[seq, peer, [address, ...], cid_bytes]``; the lane answers
-``[seq, status, staged, frames]`` with status ``ok``, ``failed`` (no answer: dial, stream or
-timeout) or ``malformed`` (the answer was not a list of frames), ``staged`` a list of
+``[seq, status, staged, frames]`` with status ``ok``, ``unreachable`` (no address of the
+provider could be dialled: the node may still reach it, through a connection the provider
+opened), ``failed`` (no answer: stream or timeout) or ``malformed`` (the answer was not a
+list of frames), ``staged`` a list of
 ``[cid_bytes, size, temp_name, node_bytes_or_None]`` and ``frames`` the other frames. The
 first message on stdout, once the host runs, is ``[0, peer_id, [], []]``.
 """
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import os
 import sys
 from dataclasses import replace
@@ -65,9 +68,12 @@ READY_SEQ = 0
 IDLE_CLOSE_S = 30.0
 DIAL_ADDRESSES_MAX = 8
 DIAL_TIMEOUT_S = 10.0
+UNREACHABLE_S = 60.0
+UNREACHABLE_PEERS_MAX = 1024
 LANE_MESSAGE_MAX = 64 * 1024
 """A want from the node: a peer id, a few addresses and a CID."""
 STATUS_OK, STATUS_FAILED, STATUS_MALFORMED = "ok", "failed", "malformed"
+STATUS_UNREACHABLE = "unreachable"
 
 
 class PipeStream:
@@ -109,6 +115,7 @@ class Lane:
         self._out_lock = trio.Lock()
         self._connecting: dict[str, trio.Lock] = {}
         self._in_flight: dict[str, int] = {}  # wants in flight per provider
+        self._unreachable_until: dict[str, float] = {}  # providers that failed a dial
         self._idle_since: dict[str, float] = {}  # providers with none, since when
 
     async def serve(self, stdin: trio.abc.ReceiveStream, stdout: trio.abc.SendStream) -> None:
@@ -152,13 +159,14 @@ class Lane:
                         await self._host.disconnect(ID.from_base58(peer))
 
     async def _fetch_one(self, seq: int, peer: str, addresses: list[str], cid: Cid) -> None:
-        answer = None
-        if await self._reach(peer, addresses):
-            want = encode_message(WantBlocks(request_id=seq, cids=(cid,)))
-            try:
-                answer = await self._wire.request(peer, BLOCKS_PROTOCOL, want)
-            except RequestFailed:
-                answer = None
+        if not await self._reach(peer, addresses):
+            await self._answer([seq, STATUS_UNREACHABLE, [], []])
+            return
+        want = encode_message(WantBlocks(request_id=seq, cids=(cid,)))
+        try:
+            answer = await self._wire.request(peer, BLOCKS_PROTOCOL, want)
+        except RequestFailed:
+            answer = None
         if answer is None:
             await self._answer([seq, STATUS_FAILED, [], []])
         elif not isinstance(answer, list) or not all(isinstance(f, bytes) for f in answer):
@@ -200,17 +208,26 @@ class Lane:
                 self._connecting.pop(peer, None)
 
     async def _dial(self, peer: str, addresses: list[str]) -> bool:
+        """Connected to ``peer``, or dialled within ``DIAL_TIMEOUT_S`` for all its addresses;
+        a failure is remembered for ``UNREACHABLE_S``, so the wants queued behind the dial
+        (and those that follow) are answered at once."""
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return True
-        for address in addresses[:DIAL_ADDRESSES_MAX]:
-            if not address.endswith(f"/p2p/{peer}"):
-                address += f"/p2p/{peer}"
-            with trio.move_on_after(DIAL_TIMEOUT_S):
+        if trio.current_time() < self._unreachable_until.get(peer, -math.inf):
+            return False
+        with trio.move_on_after(DIAL_TIMEOUT_S):
+            for address in addresses[:DIAL_ADDRESSES_MAX]:
+                if not address.endswith(f"/p2p/{peer}"):
+                    address += f"/p2p/{peer}"
                 try:
                     await dial(self._host, address)
+                    self._unreachable_until.pop(peer, None)
                     return True
                 except Exception:  # libp2p raises many unrelated types on a dial
                     continue
+        self._unreachable_until[peer] = trio.current_time() + UNREACHABLE_S
+        if len(self._unreachable_until) > UNREACHABLE_PEERS_MAX:
+            self._unreachable_until.pop(next(iter(self._unreachable_until)))
         return False
 
     async def _answer(self, message: list[Any]) -> None:

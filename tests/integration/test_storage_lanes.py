@@ -1,4 +1,5 @@
-"""Transfer lanes: real lane processes fetching from real libp2p hosts in this test process.
+"""Transfer lanes: real lane processes fetching from real libp2p hosts in this test process,
+and a node whose lane cannot dial a provider.
 
 A provider here is a host from the node's own builder serving ``/prsm/blocks/1.0.0`` from a
 dict, honestly or not; the lanes are ``prsm_node.storage_lane`` processes started by a
@@ -11,15 +12,27 @@ import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from multiaddr import Multiaddr
+from nacl.signing import SigningKey
 
+from dht.messages import MessageKind, Request
+from dht.messages import encode_message as encode_dht_message
+from dht.peer import PeerInfo
+from prsm_node.devnet import Devnet, wait_for
+from prsm_node.dht_service import DHT_PROTOCOL
+from prsm_node.net.host import build_host
+from prsm_node.net.scores import PeerScores
+from prsm_node.net.wire import Wire
 from prsm_node.storage_fetch import BLOCKS_PROTOCOL
-from prsm_node.storage_lane import STATUS_FAILED, STATUS_OK
+from prsm_node.storage_lane import STATUS_OK, STATUS_UNREACHABLE
 from prsm_node.storage_lanes import TransferLanes, lanes_wanted
 from storage.cid import Cid, raw_cid
 from storage.exchange_messages import (
@@ -30,7 +43,11 @@ from storage.exchange_messages import (
     decode_message,
     encode_message,
 )
+from storage.unixfs import build_bytes
 from tests.net.hosts import wired_host
+
+from .conftest import TEST_NETWORK
+from .test_storage_exchange import storage_devnet
 
 pytestmark = pytest.mark.multiprocess
 
@@ -136,13 +153,13 @@ async def test_a_wrong_block_or_dont_have_comes_back_as_the_frame(short_dir: Pat
     assert list(short_dir.iterdir()) == []  # nothing staged for either
 
 
-async def test_an_unreachable_provider_fails_the_want(short_dir: Path) -> None:
+async def test_an_unreachable_provider_is_reported_as_such(short_dir: Path) -> None:
     async with running_lanes(short_dir, 1) as lanes:
         # A peer id that nobody serves, at an address where nothing listens.
         async with provider({}) as (peer, _addresses, _asked):
             pass
         answer = await lanes.request(peer, ("/ip4/127.0.0.1/tcp/9",), raw_cid(b"x"))
-    assert answer is not None and answer.status == STATUS_FAILED
+    assert answer is not None and answer.status == STATUS_UNREACHABLE
 
 
 async def test_a_killed_lane_fails_its_wants_and_the_next_want_starts_it_again(
@@ -231,3 +248,63 @@ def test_the_default_lane_count_follows_the_cores() -> None:
     assert [lanes_wanted(-1, cores) for cores in (None, 1, 2, 3, 4, 5, 8, 64)] == \
         [0, 0, 0, 0, 1, 2, 4, 4]
     assert lanes_wanted(0, 64) == 0 and lanes_wanted(3, 1) == 3
+
+
+@contextlib.asynccontextmanager
+async def provider_behind_nat(devnet: Devnet, index: int, blocks: dict[Cid, bytes],
+                              root: Cid) -> AsyncIterator[tuple[str, list[str]]]:
+    """(peer id, peers that asked) of a host that listens nowhere: it dials node ``index``,
+    announces ``root`` with an address where nothing listens, and serves ``blocks`` on the
+    connection it opened, as a provider behind a NAT does."""
+    asked: list[str] = []
+
+    async def serve(peer: str, payload: Any) -> list[bytes]:
+        want = decode_message(payload)
+        assert isinstance(want, WantBlocks)
+        asked.append(peer)
+        return [encode_message(reply) for reply in answer_want(want, blocks.get)]
+
+    network = replace(TEST_NETWORK, listen=())
+    host = build_host(bytes(SigningKey.generate()), network, trio.open_memory_channel(256)[0])
+    async with host.run(listen_addrs=[]), trio.open_nursery() as nursery:
+        wire = Wire(host, frame_size_max=4 * MIB, request_timeout_s=10, inbound_requests_max=8,
+                    scores=PeerScores())
+        wire.bind(nursery)
+        wire.register(BLOCKS_PROTOCOL, serve)
+        await host.connect(info_from_p2p_addr(Multiaddr(devnet.nodes[index].address)))
+        own = PeerInfo(peer_id=host.get_id().to_bytes(),
+                       addrs=(f"/ip4/127.0.0.1/tcp/9/p2p/{host.get_id()}",))
+        request = Request(request_id=1, kind=MessageKind.ADD_PROVIDER, key=root.to_bytes(),
+                          provider=own)
+        await wire.request(devnet.nodes[index].peer_id, DHT_PROTOCOL,
+                           encode_dht_message(request))
+        yield host.get_id().to_base58(), asked
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_provider_no_lane_can_dial_is_fetched_from_in_process(
+    make_devnet: Callable[..., Devnet], short_dir: Path
+) -> None:
+    devnet = await trio.to_thread.run_sync(
+        lambda: storage_devnet(make_devnet, 1, fetch_lanes=1))
+
+    def rpc(method: str, params: dict[str, Any] | None = None) -> Any:
+        with devnet.client(0, timeout_s=60) as client:
+            return client.call(method, params)
+
+    await trio.to_thread.run_sync(
+        wait_for, lambda: rpc("store_stat")["counters"]["lanes_running"] == 1, 60,
+        "the node's lane ready")
+    data = os.urandom(3 * MIB + 5)
+    root, built = build_bytes(data)
+    async with provider_behind_nat(devnet, 0, {b.cid: b.data for b in built}, root) \
+            as (peer, asked):
+        output = short_dir / "out"
+        result = await trio.to_thread.run_sync(
+            rpc, "store_get", {"cid": str(root), "output": str(output)})
+        assert set(asked) == {devnet.nodes[0].peer_id}  # every want came in-process
+    assert output.read_bytes() == data
+    assert result["blocks_fetched"] == result["blocks_total"] == len(built)
+    assert list(result["bytes_by_peer"]) == [peer]
+    counters = (await trio.to_thread.run_sync(rpc, "store_stat"))["counters"]
+    assert counters["lane_blocks_staged"] == 0 and counters["lanes_died"] == 0
