@@ -45,6 +45,7 @@ DEVNET_REGISTRY = replace(
 rate limit above what one machine can produce, no GPU probe)."""
 NODES_MAX = 256
 POLL_INTERVAL_S = 0.05
+CALL_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class Devnet:
     def __init__(self, nodes: list[DevnetNode], *, extra_args: list[str] | None = None) -> None:
         self.nodes = nodes
         self._extra_args = extra_args or []
+        self.call_timeout_s = CALL_TIMEOUT_S  # raised by callers that load the machine
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._outputs: dict[int, IO[bytes]] = {}
 
@@ -177,11 +179,11 @@ class Devnet:
         """The process id of a started node (benchmarks read its CPU time from /proc)."""
         return self._processes[index].pid
 
-    def client(self, index: int, timeout_s: float = 10.0) -> ControlClient:
+    def client(self, index: int, timeout_s: float = CALL_TIMEOUT_S) -> ControlClient:
         return ControlClient(self.nodes[index].socket_path, timeout_s=timeout_s)
 
     def call(self, index: int, method: str, params: dict[str, Any] | None = None) -> Any:
-        with self.client(index) as client:
+        with self.client(index, self.call_timeout_s) as client:
             return client.call(method, params)
 
     def wait_ready(self, index: int, deadline_s: float = 30.0) -> dict[str, Any]:
