@@ -44,7 +44,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import trio
@@ -56,9 +56,6 @@ from storage.errors import CorruptBlockError, LocalCommandError, StorageError
 from storage.exchange_messages import WANTS_PER_MESSAGE_MAX, WantBlocks, encode_message
 from storage.unixfs import Block
 
-if TYPE_CHECKING:
-    from prsm_node.storage_lanes import LaneAnswer
-
 log = structlog.get_logger(__name__)
 
 BLOCKS_PROTOCOL = "/prsm/blocks/1.0.0"
@@ -68,6 +65,30 @@ PROVIDER_RETRY_S = 1.0
 """Pause before looking up providers again after a lookup found nobody new."""
 
 Provider = tuple[str, tuple[str, ...]]  # (peer id, addresses)
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"  # no answer: stream, timeout
+STATUS_MALFORMED = "malformed"  # the answer was not a list of frames
+STATUS_UNREACHABLE = "unreachable"  # a lane could not dial the provider (the node may)
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlock:
+    """A block a transfer lane hashed against its CID and wrote under the store's tmp/."""
+
+    cid: Cid
+    size: int
+    temp_name: str
+    node: bytes | None  # a dag-pb node's bytes, None for a raw leaf
+
+
+@dataclass(frozen=True, slots=True)
+class WantAnswer:
+    """A provider's answer to one want, asked in-process (frames only) or by a lane."""
+
+    status: str  # STATUS_*
+    staged: tuple[StagedBlock, ...] = ()
+    frames: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +101,7 @@ class FetchNetwork:
     penalise: Callable[[str, str], None]
     own_peer_id: str
     # A want through a transfer lane (peer, addresses, cid), None: no lane took it.
-    lane_request: Callable[[str, tuple[str, ...], Cid], Awaitable[LaneAnswer | None]] | None \
+    lane_request: Callable[[str, tuple[str, ...], Cid], Awaitable[WantAnswer | None]] | None \
         = None
 
 
@@ -283,32 +304,36 @@ class FetchDriver:
         return events
 
     async def _request(self, peer: str, request_id: int, cid: Cid) -> None:
-        if self._network.lane_request is not None and peer not in self._lanes_cannot_dial:
-            lane_answer = await self._network.lane_request(
-                peer, self._addresses.get(peer, ()), cid)
-            if lane_answer is not None and lane_answer.status == "unreachable":
-                self._lanes_cannot_dial.add(peer)  # module header: in-process from now on
-            elif lane_answer is not None:
-                await self._lane_answered(peer, request_id, lane_answer)
-                return
+        answer = await self._ask_lane(peer, cid)
+        if answer is None:
+            answer = await self._ask_in_process(peer, request_id, cid)
+        await self._answered(peer, request_id, answer)
+
+    async def _ask_lane(self, peer: str, cid: Cid) -> WantAnswer | None:
+        """The lane's answer, or None: no lane took the want (module header)."""
+        if self._network.lane_request is None or peer in self._lanes_cannot_dial:
+            return None
+        answer = await self._network.lane_request(peer, self._addresses.get(peer, ()), cid)
+        if answer is not None and answer.status == STATUS_UNREACHABLE:
+            self._lanes_cannot_dial.add(peer)  # module header: in-process from now on
+            return None
+        return answer
+
+    async def _ask_in_process(self, peer: str, request_id: int, cid: Cid) -> WantAnswer:
         want = encode_message(WantBlocks(request_id=request_id, cids=(cid,)))
         answer = await self._network.request(peer, want)
+        if answer is None:
+            return WantAnswer(STATUS_FAILED)
         frames = _frames_of(answer)
-        if answer is not None and frames is None:
-            self._network.penalise(peer, "blocks: the answer is not a list of frames")
-        if not frames:
-            await self._request_failed(peer, request_id)
-            return
-        self._failures.pop(peer, None)
-        self.bytes_by_peer[peer] = self.bytes_by_peer.get(peer, 0) + sum(map(len, frames))
-        for frame in frames:
-            await self._send.send(ex.FrameReceived(peer=peer.encode(), frame=frame))
+        if frames is None:
+            return WantAnswer(STATUS_MALFORMED)
+        return WantAnswer(STATUS_OK, frames=tuple(frames))
 
-    async def _lane_answered(self, peer: str, request_id: int, answer: LaneAnswer) -> None:
-        """A lane's answer as inputs: the same rules as an in-process answer (``_request``)."""
-        if answer.status == "malformed":
+    async def _answered(self, peer: str, request_id: int, answer: WantAnswer) -> None:
+        """A want's answer as inputs to the session, whoever asked."""
+        if answer.status == STATUS_MALFORMED:
             self._network.penalise(peer, "blocks: the answer is not a list of frames")
-        if answer.status != "ok" or not (answer.staged or answer.frames):
+        if answer.status != STATUS_OK or not (answer.staged or answer.frames):
             await self._request_failed(peer, request_id)
             return
         self._failures.pop(peer, None)

@@ -58,7 +58,13 @@ from prsm_node.net.host import build_host, dial
 from prsm_node.net.ping import PING_PROTOCOL, answer_ping
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import RequestFailed, Wire
-from prsm_node.storage_fetch import BLOCKS_PROTOCOL
+from prsm_node.storage_fetch import (
+    BLOCKS_PROTOCOL,
+    STATUS_FAILED,
+    STATUS_MALFORMED,
+    STATUS_OK,
+    STATUS_UNREACHABLE,
+)
 from storage.cid import CODEC_DAG_PB, Cid
 from storage.durable import start_writeback
 from storage.errors import InvalidMessageError, StorageError
@@ -72,8 +78,6 @@ UNREACHABLE_S = 60.0
 UNREACHABLE_PEERS_MAX = 1024
 LANE_MESSAGE_MAX = 64 * 1024
 """A want from the node: a peer id, a few addresses and a CID."""
-STATUS_OK, STATUS_FAILED, STATUS_MALFORMED = "ok", "failed", "malformed"
-STATUS_UNREACHABLE = "unreachable"
 
 
 class PipeStream:

@@ -7,7 +7,7 @@ Rules:
    lane's connection and stream, so they pipeline); a new provider goes to the lane with
    the fewest providers, so the providers of one fetch spread over the cores.
 2. ``request`` never raises for the network and never waits for a lane to start: it
-   returns a ``LaneAnswer`` (status ``failed`` when the provider did not answer), or None
+   returns a ``WantAnswer`` (status ``failed`` when the provider did not answer), or None
    when the provider's lane cannot take the want now (starting, or it died with the want):
    the fetch then asks in-process, as without lanes.
 3. Each lane has a supervisor: a lane that dies fails its outstanding wants and is started
@@ -33,14 +33,8 @@ import structlog
 import trio
 
 from prsm_node.net.framing import FrameError, encode_frame, read_frame
-from prsm_node.storage_lane import (
-    IDLE_CLOSE_S,
-    LANE_MESSAGE_MAX,
-    READY_SEQ,
-    STATUS_FAILED,
-    STATUS_OK,
-    PipeStream,
-)
+from prsm_node.storage_fetch import STATUS_FAILED, STATUS_OK, StagedBlock, WantAnswer
+from prsm_node.storage_lane import IDLE_CLOSE_S, LANE_MESSAGE_MAX, READY_SEQ, PipeStream
 from storage.cid import Cid
 
 log = structlog.get_logger(__name__)
@@ -55,21 +49,6 @@ LANE_PEERS_MAX = 1024
 """Providers remembered with their lane; the least recently used is forgotten past it."""
 
 
-@dataclass(frozen=True, slots=True)
-class StagedBlock:
-    cid: Cid
-    size: int
-    temp_name: str  # under the block store's tmp/
-    node: bytes | None  # a dag-pb node's bytes, None for a raw leaf
-
-
-@dataclass(frozen=True, slots=True)
-class LaneAnswer:
-    status: str  # storage_lane.STATUS_*
-    staged: tuple[StagedBlock, ...] = ()
-    frames: tuple[bytes, ...] = ()
-
-
 @dataclass(slots=True)
 class _Lane:
     """One run of one lane's process (a restart gets a new one)."""
@@ -78,7 +57,7 @@ class _Lane:
     process: Any = None
     ready: bool = False
     dead: bool = False
-    pending: dict[int, tuple[trio.Event, list[LaneAnswer]]] = field(default_factory=dict)
+    pending: dict[int, tuple[trio.Event, list[WantAnswer]]] = field(default_factory=dict)
     write_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
@@ -112,7 +91,7 @@ class TransferLanes:
             finally:
                 self._stopping = True  # the lanes end now: no deaths to report
 
-    async def request(self, peer: str, addresses: tuple[str, ...], cid: Cid) -> LaneAnswer | None:
+    async def request(self, peer: str, addresses: tuple[str, ...], cid: Cid) -> WantAnswer | None:
         """Have the provider's lane fetch ``cid`` from ``peer`` (rule 2)."""
         lane = self._lanes[self._lane_number(peer)]
         if not lane.ready or lane.dead:
@@ -132,7 +111,7 @@ class TransferLanes:
         finally:
             lane.pending.pop(seq, None)
         if not slot:
-            return None if lane.dead else LaneAnswer(STATUS_FAILED)
+            return None if lane.dead else WantAnswer(STATUS_FAILED)
         self.blocks_staged += len(slot[0].staged)
         return slot[0]
 
@@ -214,7 +193,7 @@ class TransferLanes:
                          pid=lane.process.pid)
                 lane.ready = True
                 continue
-            answer = LaneAnswer(
+            answer = WantAnswer(
                 status,
                 tuple(StagedBlock(Cid.from_bytes(c), size, name, node)
                       for c, size, name, node in staged),
@@ -227,7 +206,7 @@ class TransferLanes:
             slot.append(answer)
             done.set()
 
-    def _remove_orphans(self, answer: LaneAnswer) -> None:
+    def _remove_orphans(self, answer: WantAnswer) -> None:
         """Rule 4: nobody adopts these files."""
         for block in answer.staged if answer.status == STATUS_OK else ():
             (self._temp_dir / block.temp_name).unlink(missing_ok=True)

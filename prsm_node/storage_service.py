@@ -43,9 +43,15 @@ from prsm_node.config import NetworkConfig, StorageSection
 from prsm_node.errors import PeerProtocolError
 from prsm_node.net.peers import PeerManager
 from prsm_node.net.wire import RequestFailed, Wire
-from prsm_node.storage_fetch import BLOCKS_PROTOCOL, FetchDriver, FetchNetwork, FetchOutcome
+from prsm_node.storage_fetch import (
+    BLOCKS_PROTOCOL,
+    FetchDriver,
+    FetchNetwork,
+    FetchOutcome,
+    WantAnswer,
+)
 from prsm_node.storage_kubo import KuboBackend
-from prsm_node.storage_lanes import LaneAnswer, TransferLanes, lanes_wanted
+from prsm_node.storage_lanes import TransferLanes, lanes_wanted
 from prsm_node.storage_progress import Operation, Operations
 from storage.blockstore import BlockStore
 from storage.cid import Cid
@@ -362,7 +368,7 @@ class StorageService:
             return None
 
     async def _lane_request(self, peer: str, addresses: tuple[str, ...],
-                            cid: Cid) -> LaneAnswer | None:
+                            cid: Cid) -> WantAnswer | None:
         """A want through a lane, dialling the addresses the fetch learned for ``peer``
         and those our own host knows."""
         assert self.lanes is not None

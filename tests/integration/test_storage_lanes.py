@@ -31,8 +31,7 @@ from prsm_node.dht_service import DHT_PROTOCOL
 from prsm_node.net.host import build_host
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import Wire
-from prsm_node.storage_fetch import BLOCKS_PROTOCOL
-from prsm_node.storage_lane import STATUS_OK, STATUS_UNREACHABLE
+from prsm_node.storage_fetch import BLOCKS_PROTOCOL, STATUS_OK, STATUS_UNREACHABLE
 from prsm_node.storage_lanes import TransferLanes, lanes_wanted
 from storage.cid import Cid, raw_cid
 from storage.exchange_messages import (
