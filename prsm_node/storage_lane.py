@@ -19,7 +19,8 @@ Rules:
    frame that does not decode) goes back to the node as the frame itself, so the fetch
    session judges it exactly as it judges an in-process answer (``storage.exchange``).
 3. The pipe protocol (stdin: wants; stdout: one answer per want, in any order) uses the
-   frames of ``prsm_node.net.framing``, each capped before it is read. The lane exits when
+   frames of ``prsm_node.net.framing``, each capped before it is read; the process's own
+   stdout is pointed at stderr, so nothing else reaches the pipe. The lane exits when
    its stdin ends (the node closed it or died) and removes every file it wrote and did not
    report.
 4. Hashing and the file write run in a worker thread (both release the GIL), so the lane's
@@ -52,9 +53,10 @@ import trio
 from libp2p.peer.id import ID
 from nacl.signing import SigningKey
 
-from prsm_node.config import NetworkConfig
+from prsm_node.config import LogConfig, NetworkConfig
+from prsm_node.logs import configure_logging
 from prsm_node.net.framing import FrameError, encode_frame, read_frame
-from prsm_node.net.host import build_host, dial
+from prsm_node.net.host import build_host, dial_first
 from prsm_node.net.ping import PING_PROTOCOL, answer_ping
 from prsm_node.net.scores import PeerScores
 from prsm_node.net.wire import RequestFailed, Wire
@@ -220,15 +222,10 @@ class Lane:
         if trio.current_time() < self._unreachable_until.get(peer, -math.inf):
             return False
         with trio.move_on_after(DIAL_TIMEOUT_S):
-            for address in addresses[:DIAL_ADDRESSES_MAX]:
-                if not address.endswith(f"/p2p/{peer}"):
-                    address += f"/p2p/{peer}"
-                try:
-                    await dial(self._host, address)
-                    self._unreachable_until.pop(peer, None)
-                    return True
-                except Exception:  # libp2p raises many unrelated types on a dial
-                    continue
+            if await dial_first(self._host, peer, addresses[:DIAL_ADDRESSES_MAX],
+                                timeout_s=DIAL_TIMEOUT_S) is not None:
+                self._unreachable_until.pop(peer, None)
+                return True
         self._unreachable_until[peer] = trio.current_time() + UNREACHABLE_S
         if len(self._unreachable_until) > UNREACHABLE_PEERS_MAX:
             self._unreachable_until.pop(next(iter(self._unreachable_until)))
@@ -248,6 +245,9 @@ async def _main(arguments: argparse.Namespace) -> None:
     host = build_host(bytes(SigningKey.generate()), network, events_in)
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # rule 3: stray output (a log line,
+    # a library's print) goes to stderr, never into the answers on the pipe
+    configure_logging(None, LogConfig())  # stderr, the node's default level
     async with host.run(listen_addrs=[]), trio.open_nursery() as nursery:
         nursery.start_soon(_drain, events_out)
         wire = Wire(host, frame_size_max=arguments.frame_size_max,

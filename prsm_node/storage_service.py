@@ -370,14 +370,10 @@ class StorageService:
     async def _lane_request(self, peer: str, addresses: tuple[str, ...],
                             cid: Cid) -> WantAnswer | None:
         """A want through a lane, dialling the addresses the fetch learned for ``peer``
-        and those our own host knows."""
+        and those the peer announced to us (identify)."""
         assert self.lanes is not None
-        try:
-            known = self._host.get_peerstore().addrs(ID.from_base58(peer))
-        except Exception:  # py-libp2p raises PeerStoreError for a peer it has not seen
-            known = []
-        merged = tuple(dict.fromkeys([*addresses, *(str(address) for address in known)]))
-        return await self.lanes.request(peer, merged, cid)
+        known = self.peers.identified_addresses(peer)
+        return await self.lanes.request(peer, tuple(dict.fromkeys([*addresses, *known])), cid)
 
     def _penalise(self, peer: str, reason: str) -> None:
         self.peers.penalise(peer, reason)

@@ -30,9 +30,11 @@ Why these settings (DESIGN.md, measured on py-libp2p 0.8.1):
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import trio
 from libp2p import new_host
 from libp2p.abc import INotifee
@@ -49,6 +51,8 @@ from prsm_node.config import NetworkConfig
 from prsm_node.errors import ListenError
 from prsm_node.identity import libp2p_key_pair
 from prsm_node.net import muxer
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,24 @@ async def dial(host: Any, address: str) -> str:
     host.get_network().unblock_peer(info.peer_id)  # see the module header
     await host.connect(info)
     return info.peer_id.to_base58()
+
+
+async def dial_first(host: Any, peer: str, addresses: Iterable[str], *,
+                     timeout_s: float) -> str | None:
+    """Dial `peer` through the first of `addresses` that works, each under `timeout_s`
+    (`/p2p/<peer>` appended where it is missing); the address that worked, or None."""
+    suffix = f"/p2p/{peer}"
+    for address in addresses:
+        if not address.endswith(suffix):
+            address += suffix
+        with trio.move_on_after(timeout_s):
+            try:
+                await dial(host, address)
+            except Exception as error:  # libp2p raises many unrelated types on a dial
+                log.debug("net.dial_failed", peer=peer, address=address, error=str(error))
+                continue
+            return address
+    return None
 
 
 async def listen(host: Any, addresses: list[str]) -> None:

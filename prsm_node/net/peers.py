@@ -36,7 +36,7 @@ from libp2p.peer.peerstore import PeerStoreError
 from prsm_node.config import NetworkConfig
 from prsm_node.errors import PeerProtocolError
 from prsm_node.net import pex
-from prsm_node.net.host import ConnectionEvent, dial
+from prsm_node.net.host import ConnectionEvent, dial, dial_first
 from prsm_node.net.peerbook import PeerBook
 from prsm_node.net.ping import PING_PROTOCOL, LatencyTable, answer_ping
 from prsm_node.net.scores import PeerScores
@@ -192,20 +192,11 @@ class PeerManager:
         await self._online.wait()
         if self._host.get_network().get_connections(ID.from_base58(peer)):
             return True
-        suffix = f"/p2p/{peer}"
-        for address in addresses[:REACH_ADDRESSES_MAX]:
-            if not address.endswith(suffix):
-                address += suffix
-            with trio.move_on_after(self.dial_timeout_s):
-                try:
-                    await dial(self._host, address)
-                except Exception as error:  # libp2p raises many unrelated types on a dial
-                    log.debug("peers.reach_failed", peer=peer, address=address, error=str(error))
-                    continue
-                if remember:
-                    self.book.learn(address, _now_ms())
-                return True
-        return False
+        address = await dial_first(self._host, peer, addresses[:REACH_ADDRESSES_MAX],
+                                   timeout_s=self.dial_timeout_s)
+        if address is not None and remember:
+            self.book.learn(address, _now_ms())
+        return address is not None
 
     # -- connection events -------------------------------------------------------------
 
