@@ -68,7 +68,7 @@ from prsm_node.storage_fetch import (
     STATUS_UNREACHABLE,
 )
 from storage.cid import CODEC_DAG_PB, Cid
-from storage.durable import start_writeback
+from storage.durable import start_writeback, write_all
 from storage.errors import InvalidMessageError, StorageError
 from storage.exchange_messages import BlockReply, WantBlocks, decode_message, encode_message
 
@@ -96,9 +96,7 @@ def _write_block_file(temp_dir: Path, name: str, data: bytes, durable: bool) -> 
     descriptor = os.open(temp_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view):]
+        write_all(descriptor, data)
         if durable:
             start_writeback(descriptor)
     finally:

@@ -335,13 +335,12 @@ class BlockStore:
             raise LocalCommandError("only a batch of hashed blocks adopts a lane's file")
         if not 0 <= size <= BLOCK_SIZE_MAX or "/" in temp_name:
             raise InvalidDataError(f"cannot adopt {temp_name!r} of {size} bytes")
+        new = False
         try:
             new = self._enter(batch, cid, size, None, temp_name)
-        except BaseException:
-            (self.root / "tmp" / temp_name).unlink(missing_ok=True)
-            raise
-        if not new:
-            (self.root / "tmp" / temp_name).unlink(missing_ok=True)
+        finally:
+            if not new:  # here already, or refused: the file is nobody's
+                (self.root / "tmp" / temp_name).unlink(missing_ok=True)
         return new
 
     def _enter(self, batch: BlockBatch, cid: Cid, size: int, data: bytes | None,

@@ -90,7 +90,8 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def _write_all(descriptor: int, data: bytes | memoryview) -> None:
+def write_all(descriptor: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` (one ``os.write`` may take only part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(descriptor, view):]
@@ -123,7 +124,7 @@ class FileBatch:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self._staged.append((temp, final))
         try:
-            _write_all(descriptor, data)
+            write_all(descriptor, data)
             if self.durable:
                 start_writeback(descriptor)
         except BaseException:
